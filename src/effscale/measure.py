@@ -1,0 +1,178 @@
+"""Params, MACs and training-activation memory, analytically from a spec (no model built),
+and FLOPs matching between scaling strategies.
+
+Convention: MACs are multiply-accumulates of convolutions and the FC layer, which is what the
+EfficientNet paper calls FLOPs. `flops` is 2 x MACs, the convention of
+torch.utils.flop_counter. BatchNorm, activations and pooling are not counted by either.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import asdict, dataclass
+
+from .names import Variant, check_resolution, model_spec, parse_name
+from .spec import ModelSpec, conv_out, output_stride
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    resolution: int
+    params: int
+    macs: int
+    flops: int
+    activation_bytes: int  # saved-for-backward activations, whole batch, at `precision`
+    batch_size: int = 1
+    precision: str = "fp32"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _count(spec: ModelSpec, resolution: int, num_classes: int, stem_stride: int, in_chans: int):
+    """Walk the network once: (params, MACs, saved activation elements) per image.
+
+    Saved elements follow what autograd keeps: a conv+BN+SiLU keeps its conv output (for BN),
+    BN output (for SiLU) and SiLU output (for the next conv): 3 maps; conv+BN keeps 2; the SE
+    product keeps 1 more (the projection's input).
+    """
+    params = macs = saved = 0
+    size = conv_out(resolution, 3, stem_stride)
+    params += 9 * in_chans * spec.stem_channels + 2 * spec.stem_channels
+    macs += size * size * 9 * in_chans * spec.stem_channels
+    saved += in_chans * resolution * resolution + 3 * spec.stem_channels * size * size
+    for b in spec.blocks():
+        mid = b.mid_channels
+        if b.expand_ratio != 1:
+            params += b.in_channels * mid + 2 * mid
+            macs += size * size * b.in_channels * mid
+            saved += 3 * mid * size * size
+        size = conv_out(size, b.kernel, b.stride)
+        area = size * size
+        params += b.kernel * b.kernel * mid + 2 * mid
+        macs += area * b.kernel * b.kernel * mid
+        se = b.se_channels
+        params += 2 * mid * se + se + mid
+        macs += 2 * mid * se
+        params += mid * b.out_channels + 2 * b.out_channels
+        macs += area * mid * b.out_channels
+        saved += (3 + 1) * mid * area + 2 * b.out_channels * area
+    last = spec.stages[-1].out_channels
+    head = spec.head_channels
+    params += last * head + 2 * head + head * num_classes + num_classes
+    macs += size * size * last * head + head * num_classes
+    saved += 3 * head * size * size
+    return params, macs, saved
+
+
+def profile(name_or_model, resolution: int | None = None, batch_size: int = 1, *,
+            num_classes: int | None = None, stem_stride: int | None = None, in_chans: int | None = None,
+            precision: str = "fp32") -> Profile:
+    """Params, MACs, FLOPs and training activation memory of a name, spec or EfficientNet."""
+    if isinstance(name_or_model, (str, Variant, ModelSpec)):
+        spec = (name_or_model if isinstance(name_or_model, ModelSpec)
+                else model_spec(name_or_model, stem_stride=stem_stride or 2))
+        defaults = dict(num_classes=1000, stem_stride=2, in_chans=3)
+    else:  # an EfficientNet: its own settings are the defaults
+        spec = name_or_model.spec
+        defaults = dict(num_classes=name_or_model.num_classes,
+                        stem_stride=name_or_model.stem_stride, in_chans=name_or_model.in_chans)
+    num_classes = num_classes or defaults["num_classes"]
+    stem_stride = stem_stride or defaults["stem_stride"]
+    in_chans = in_chans or defaults["in_chans"]
+    resolution = int(resolution or spec.resolution)
+    check_resolution(resolution, stem_stride, spec.name)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if precision not in BYTES:
+        raise ValueError(f"precision must be one of {sorted(BYTES)}, got {precision!r}")
+    params, macs, saved = _count(spec, resolution, num_classes, stem_stride, in_chans)
+    return Profile(spec.name, resolution, params, macs, 2 * macs,
+                   saved * BYTES[precision] * batch_size, batch_size, precision)
+
+
+def macs_of(name: str | Variant, *, stem_stride: int = 2, num_classes: int = 1000) -> int:
+    return profile(name, stem_stride=stem_stride, num_classes=num_classes).macs
+
+
+# -- matching FLOPs between strategies -------------------------------------------------------
+
+DIMENSIONS = ("depth", "width", "resolution", "compound")
+STEP = 0.01  # grid of d, w and phi: the names stay short and every value is reachable
+
+
+@dataclass(frozen=True)
+class Match:
+    name: str
+    dimension: str
+    macs: int
+    target_macs: int
+    ratio: float  # achieved / target
+
+    @property
+    def within(self) -> float:
+        return abs(self.ratio - 1.0)
+
+
+def _variant(base: Variant, dimension: str, value: float | int) -> Variant:
+    if dimension == "depth":
+        return base.with_(d=round(base.d * value, 4))
+    if dimension == "width":
+        return base.with_(w=round(base.w * value, 4))
+    if dimension == "compound":
+        return base.with_(phi=round(base.phi + value, 4))
+    return base.with_(res=int(value), r=1.0)
+
+
+def match_flops(base: str | Variant, dimension: str, target_macs: float, *,
+                stem_stride: int = 2, num_classes: int = 1000) -> Match:
+    """The variant of `base` scaled along one dimension whose MACs are closest to the target.
+
+    depth, width and compound search a 0.01 grid of the multiplier (or of phi, added to the
+    base's), resolution searches whole pixels. MACs never decrease along any of them (up to
+    the channel rounding), so a bisection finds the crossing and its neighbours are compared.
+    Depth moves in whole blocks, so it can land further than 2% away: `ratio` says how far.
+    """
+    variant = base if isinstance(base, Variant) else parse_name(base)
+    if dimension not in DIMENSIONS:
+        raise ValueError(f"dimension must be one of {', '.join(DIMENSIONS)}, got {dimension!r}")
+    if not target_macs > 0:
+        raise ValueError(f"target_macs must be > 0, got {target_macs}")
+    if dimension == "resolution":
+        grid = range(output_stride(stem_stride), 8193)
+    elif dimension == "compound":
+        grid = [round(-12 + STEP * i, 4) for i in range(int(24 / STEP) + 1)]
+    else:
+        grid = [round(STEP * i, 4) for i in range(1, int(12 / STEP) + 1)]
+
+    cache: dict[int, int | None] = {}
+
+    def macs_at(i: int) -> int | None:
+        if i not in cache:
+            try:
+                cache[i] = macs_of(_variant(variant, dimension, grid[i]),
+                                   stem_stride=stem_stride, num_classes=num_classes)
+            except ValueError:  # e.g. a compound step that makes the resolution too small
+                cache[i] = None
+        return cache[i]
+
+    class _Keys:  # lazy sequence for bisect; invalid (too small) points sort first
+        def __len__(self):
+            return len(grid)
+
+        def __getitem__(self, i):
+            value = macs_at(i)
+            return -1 if value is None else value
+
+    crossing = bisect.bisect_left(_Keys(), target_macs)
+    candidates = [i for i in range(crossing - 3, crossing + 4)
+                  if 0 <= i < len(grid) and macs_at(i) is not None]
+    if not candidates:
+        raise ValueError(f"no {dimension} variant of {variant} is valid near {target_macs:.3g} MACs")
+    best = min(candidates, key=lambda i: (abs(macs_at(i) - target_macs), i))
+    chosen = _variant(variant, dimension, grid[best])
+    return Match(str(chosen), dimension, macs_at(best), int(target_macs),
+                 macs_at(best) / target_macs)
