@@ -1,0 +1,99 @@
+"""Model files: safetensors weights plus the JSON needed to rebuild the model.
+
+A model file (`*.safetensors`) holds the model's state dict and, in its metadata, `effscale`:
+a JSON object with at least the model name and the `create_model` keyword arguments, so that
+`load_model_file` can rebuild it without any other file. EMA weights, when present, are stored
+beside the raw weights under the prefix `ema.`. Nothing here can execute code on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import EfficientNet, create_model
+
+EMA_PREFIX = "ema."
+MODEL_FILES = ("best.safetensors", "last.safetensors")
+
+
+def model_meta(model: EfficientNet, **extra) -> dict:
+    """What `create_model` needs to rebuild `model`, plus caller's extras (dataset, classes...)."""
+    return dict(model=model.spec.name, num_classes=model.num_classes,
+                stem_stride=model.stem_stride, in_chans=model.in_chans, bn=model.bn,
+                drop_rate=model.drop_rate, drop_path_rate=model.spec.drop_path_rate,
+                resolution=model.spec.resolution, **extra)
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(tmp_path), then rename over `path`: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model_file(path: str | Path, model: EfficientNet, meta: dict,
+                    ema: torch.nn.Module | None = None) -> None:
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({EMA_PREFIX + k: v.detach().to("cpu", copy=True).contiguous()
+                        for k, v in ema.state_dict().items()})
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"effscale": json.dumps(meta)}))
+
+
+def resolve_model_file(path: str | Path) -> Path:
+    """A model file, or a run directory (its best, else last, model file)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in MODEL_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path} holds no {' or '.join(MODEL_FILES)}: not a run directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    return path
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    path = resolve_model_file(path)
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not an effscale checkpoint (not safetensors: {exc})") from None
+    if "effscale" not in metadata:
+        raise ValueError(f"{path} is a safetensors file without effscale metadata; "
+                         f"use effscale.load_weights for foreign weights")
+    return tensors, json.loads(metadata["effscale"])
+
+
+def load_model_file(path: str | Path, *, use_ema: bool = True,
+                    map_location: str | torch.device = "cpu") -> tuple[EfficientNet, dict]:
+    """Rebuild the model of a checkpoint (EMA weights when present and asked for), in eval mode."""
+    tensors, meta = read_model_file(path)
+    model = create_model(meta["model"], meta["num_classes"], drop_rate=meta.get("drop_rate"),
+                         drop_path_rate=meta.get("drop_path_rate", 0.2), bn=meta.get("bn", "torch"),
+                         stem_stride=meta.get("stem_stride", 2), in_chans=meta.get("in_chans", 3))
+    ema = {k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+    raw = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
+    chosen = ema if (use_ema and ema) else raw
+    model.load_state_dict(chosen)
+    meta = dict(meta, weights="ema" if chosen is ema else "raw")
+    return model.to(map_location).eval(), meta
