@@ -6,8 +6,10 @@ weight loader translates torchvision, timm and lukemelas names onto them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +140,8 @@ class EfficientNet(nn.Module):
     def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             for block in stage:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=False,
+                               context_fn=partial(_recompute_without_bn_update, block))
             return x
         return stage(x)
 
@@ -176,6 +179,26 @@ class EfficientNet(nn.Module):
     def extra_repr(self) -> str:
         return (f"name={self.spec.name!r}, resolution={self.spec.resolution}, "
                 f"stem_stride={self.stem_stride}, bn={self.bn!r}")
+
+
+@contextlib.contextmanager
+def _frozen_bn_statistics(module: nn.Module):
+    """Recomputing a block in backward must not update BatchNorm running stats a second time:
+    momentum 0 keeps them as they are (the batch statistics used for the output are the same)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
+def _recompute_without_bn_update(block: nn.Module):
+    return contextlib.nullcontext(), _frozen_bn_statistics(block)
 
 
 def create_model(name: str | ModelSpec, num_classes: int = 1000, *, drop_rate: float | None = None,
