@@ -1,0 +1,72 @@
+"""What a loaded dataset is: its description, its splits, and seeded stratified subsets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    in_chans: int  # 1 or 3
+    image_size: int | None  # native side; None for imagefolder (images vary)
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    """An in-memory split: the whole split as one uint8 tensor on one device."""
+
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+    info: DatasetInfo | None = None  # so make_loader knows the normalisation
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device) -> "TensorSplit":
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class Data:
+    info: DatasetInfo
+    train: Any  # TensorSplit or folder.FolderSplit
+    val: Any
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of n items whose class proportions match `labels`, chosen by `seed`.
+
+    Each item gets the key (its random rank within its class + 0.5) / class size; taking the
+    n smallest keys takes every class in proportion (a class of a tenth of the items gets
+    about a tenth of the n) and, within a class, a random choice.
+    """
+    labels = labels.cpu()
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=gen)
+    grouped = perm[torch.sort(labels[perm], stable=True).indices]  # by class, random inside
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts
+    cls = labels[grouped]
+    rank = torch.arange(len(labels)) - starts[cls]
+    key = (rank + 0.5) / counts[cls]
+    chosen = grouped[torch.sort(key, stable=True).indices[:n]]
+    return torch.sort(chosen).values
+
+
+def subset_split(split: TensorSplit, n: int | None, seed: int) -> TensorSplit:
+    if n is None:
+        return split
+    if n < 1:
+        raise ValueError(f"subset size must be >= 1, got {n}")
+    index = stratified_subset(split.labels, n, seed).to(split.labels.device)
+    return replace(split, images=split.images[index], labels=split.labels[index])

@@ -1,0 +1,185 @@
+"""Data layer: datasets, readers, loaders, augmentation. Fast: small subsets, tiny files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from effscale.data import (Augment, TensorSplit, default_augment, denormalize, load_data,
+                           make_loader)
+from effscale.data.idx import read_idx, write_idx
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+def batches(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+# ---- datasets ---------------------------------------------------------------------------
+
+def test_digits_shapes_classes_and_fixed_stratified_split(digits):
+    assert digits.info.num_classes == 10 and digits.info.in_chans == 1
+    assert digits.info.image_size == 8 and len(digits.info.class_names) == 10
+    assert len(digits.train) + len(digits.val) == 1797 and len(digits.val) == 450
+    assert digits.train.images.dtype == torch.uint8 and digits.train.images.shape[1:] == (1, 8, 8)
+    assert digits.train.labels.dtype == torch.int64
+    assert int(digits.train.images.max()) == 255  # 16 -> 255
+    # stratified: every class holds about a quarter of its items in val
+    per_class_val = torch.bincount(digits.val.labels, minlength=10).float()
+    per_class_all = per_class_val + torch.bincount(digits.train.labels, minlength=10)
+    assert torch.allclose(per_class_val / per_class_all, torch.full((10,), 0.25), atol=0.01)
+    again = load_data("digits")  # fixed split
+    assert torch.equal(again.val.images, digits.val.images)
+    # the stored mean/std are the train split's
+    x = digits.train.images.float() / 255
+    assert abs(x.mean() - digits.info.mean[0]) < 1e-3 and abs(x.std() - digits.info.std[0]) < 1e-3
+
+
+def test_subset_is_stratified_and_seeded(digits):
+    a = load_data("digits", subset=200, val_subset=50, seed=1)
+    b = load_data("digits", subset=200, val_subset=50, seed=1)
+    c = load_data("digits", subset=200, seed=2)
+    assert len(a.train) == 200 and len(a.val) == 50
+    assert torch.equal(a.train.images, b.train.images)
+    assert not torch.equal(a.train.images, c.train.images)
+    counts = torch.bincount(a.train.labels, minlength=10)
+    assert counts.min() >= 18 and counts.max() <= 22
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason=f"{FASHION_DIR} missing "
+                    "(Debian package dataset-fashion-mnist not installed)")
+def test_fashion_mnist_from_debian_files():
+    data = load_data("fashion-mnist", subset=500, val_subset=100, download=False)
+    assert data.info.num_classes == 10 and data.info.image_size == 28
+    assert data.info.class_names[9] == "Ankle boot"
+    assert data.train.images.shape == (500, 1, 28, 28) and len(data.val) == 100
+    assert torch.bincount(data.train.labels).tolist() == [50] * 10
+
+
+def test_idx_reader_roundtrip_and_magic_check(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "x-idx3-ubyte.gz", array)
+    write_idx(tmp_path / "y-idx1-ubyte", np.array([7, 3], np.uint8))
+    assert np.array_equal(read_idx(tmp_path / "x-idx3-ubyte.gz"), array)
+    assert read_idx(tmp_path / "y-idx1-ubyte").tolist() == [7, 3]
+    (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01" + bytes(8))
+    with pytest.raises(ValueError, match="magic"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "short")
+
+
+def test_fashion_mnist_from_data_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 20)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10)
+    data = load_data("fashion-mnist", data_dir=tmp_path, download=False)
+    assert len(data.train) == 30 and len(data.val) == 20
+
+
+# ---- loaders ----------------------------------------------------------------------------
+
+def test_loader_shapes_resize_and_normalisation(digits):
+    loader = make_loader(digits.val, batch_size=64, resolution=32, train=False)
+    out = batches(loader)
+    assert len(loader) == len(out) == 8
+    assert sum(len(y) for _, y in out) == len(digits.val)
+    x, y = out[0]
+    assert x.shape[1:] == (1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    native = make_loader(digits.val, batch_size=450, resolution=8, train=False)
+    (x8, _), = list(native)
+    assert torch.allclose(denormalize(x8, digits.info) * 255,
+                          digits.val.images.float(), atol=1e-3)
+    x3, _ = next(iter(make_loader(digits.val, batch_size=4, resolution=16, train=False,
+                                  channels=3)))
+    assert x3.shape == (4, 3, 16, 16) and torch.equal(x3[:, 0], x3[:, 2])
+
+
+def test_loader_is_a_function_of_seed_and_epoch_and_resumes(digits):
+    kw = dict(batch_size=100, resolution=8, train=True, augment=Augment(crop_padding=2, cutout=3))
+    a = batches(make_loader(digits.train, seed=3, epoch=1, **kw))
+    torch.manual_seed(123)  # the global RNG plays no part
+    b = batches(make_loader(digits.train, seed=3, epoch=1, **kw))
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    resumed = make_loader(digits.train, seed=3, epoch=1, start_batch=5, **kw)
+    assert len(resumed) == len(a) - 5
+    r = batches(resumed)
+    assert all(torch.equal(xa, xr) and torch.equal(ya, yr) for (xa, ya), (xr, yr) in zip(a[5:], r))
+    other = batches(make_loader(digits.train, seed=3, epoch=2, **kw))
+    assert not torch.equal(a[0][1], other[0][1])
+
+
+def test_shards_are_disjoint_and_even(digits):
+    def seen(loader):
+        # the labels alone cannot tell items apart; index order is what the shards split
+        return torch.cat(loader.batches).tolist()
+    for train in (True, False):
+        shards = [make_loader(digits.train, batch_size=50, resolution=8, train=train, seed=0,
+                              rank=r, world_size=3) for r in range(3)]
+        items = [set(seen(s)) for s in shards]
+        assert len({len(s) for s in shards}) == 1  # equal batch counts
+        assert not (items[0] & items[1] or items[1] & items[2] or items[0] & items[2])
+        if not train:  # eval sees every item exactly once
+            assert set.union(*items) == set(range(len(digits.train)))
+
+
+def test_augment_changes_images_keeps_shape_and_no_flip_for_digits(digits):
+    assert default_augment("digits").flip is False
+    assert default_augment("cifar10").flip is True
+    kw = dict(batch_size=64, resolution=8, train=True, seed=0, epoch=0)
+    plain = next(iter(make_loader(digits.train, **kw)))[0]
+    for aug in (Augment(crop_padding=2), Augment(flip=True), Augment(cutout=4),
+                Augment(crop_padding=2, pad_mode="zeros"), Augment(autoaugment="randaugment")):
+        x = next(iter(make_loader(digits.train, augment=aug, **kw)))[0]
+        assert x.shape == plain.shape and x.dtype == plain.dtype
+        assert not torch.equal(x, plain), aug
+    # an Augment with flip only flips: every image equals itself or its mirror
+    x = next(iter(make_loader(digits.train, augment=Augment(flip=True), **kw)))[0]
+    same = (x == plain).flatten(1).all(1)
+    mirrored = (x == plain.flip(3)).flatten(1).all(1)
+    assert (same | mirrored).all() and mirrored.any() and same.any()
+    # digits' default never mirrors: with padding 0 it would be the identity
+    from dataclasses import replace
+    x = next(iter(make_loader(digits.train, augment=replace(default_augment("digits"),
+                                                             crop_padding=0), **kw)))[0]
+    assert torch.equal(x, plain)
+
+
+def test_eval_loader_ignores_augment(digits):
+    kw = dict(batch_size=64, resolution=8, train=False)
+    a = next(iter(make_loader(digits.val, **kw)))[0]
+    b = next(iter(make_loader(digits.val, augment=Augment(crop_padding=2, flip=True), **kw)))[0]
+    assert torch.equal(a, b)
+
+
+# ---- bad input --------------------------------------------------------------------------
+
+def test_bad_input_is_one_clear_error(digits, tmp_path):
+    with pytest.raises(ValueError, match="valid: digits, fashion-mnist, cifar10"):
+        load_data("mnist")
+    with pytest.raises(ValueError, match="batch_size"):
+        make_loader(digits.train, batch_size=0, resolution=8, train=True)
+    with pytest.raises(ValueError, match="channels"):
+        make_loader(digits.train, batch_size=8, resolution=8, train=True, channels=2)
+    with pytest.raises(ValueError, match="rank"):
+        make_loader(digits.train, batch_size=8, resolution=8, train=True, rank=2, world_size=2)
+
+
+def test_missing_fashion_mnist_offline_is_one_clear_error(tmp_path, monkeypatch):
+    from effscale.data import sources
+    monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.setenv("EFFSCALE_DATA", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="Fashion-MNIST idx files .* not found"):
+        load_data("fashion-mnist", data_dir=tmp_path, download=False)
