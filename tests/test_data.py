@@ -183,3 +183,96 @@ def test_missing_fashion_mnist_offline_is_one_clear_error(tmp_path, monkeypatch)
     monkeypatch.setenv("EFFSCALE_DATA", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="Fashion-MNIST idx files .* not found"):
         load_data("fashion-mnist", data_dir=tmp_path, download=False)
+
+
+# ---- CIFAR ------------------------------------------------------------------------------
+
+def _cifar_archive(tmp_path, name="cifar10", n=6, protocol=2):
+    """A tiny release in the official layout: pickled dicts with bytes keys, in a tar.gz."""
+    import pickle
+    import tarfile
+    from effscale.data.cifar import cifar_format
+    fmt = cifar_format(name)
+    folder = tmp_path / fmt.folder
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    classes = 10 if name == "cifar10" else 100
+    label_key = b"labels" if name == "cifar10" else b"fine_labels"
+    for i, file in enumerate(fmt.train + fmt.test):
+        batch = {b"batch_label": b"batch", b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 label_key: [int(v) for v in (np.arange(n) + i) % classes], b"filenames": [b"x"] * n}
+        (folder / file).write_bytes(pickle.dumps(batch, protocol=protocol))
+    meta_key = b"label_names" if name == "cifar10" else b"fine_label_names"
+    (folder / fmt.meta).write_bytes(pickle.dumps({meta_key: [f"c{i}".encode() for i in range(classes)]},
+                                                 protocol=protocol))
+    archive = tmp_path / fmt.archive
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=fmt.folder)
+    return archive, folder
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_cifar_reader_reads_official_layout(tmp_path):
+    import hashlib
+    from effscale.data.cifar import read_cifar
+    archive, folder = _cifar_archive(tmp_path)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    info, train, test = read_cifar(archive, "cifar10", md5=md5)
+    assert info.num_classes == 10 and info.class_names[3] == "c3" and info.in_chans == 3
+    assert train.images.shape == (30, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert test.images.shape == (6, 3, 32, 32) and test.labels.tolist() == [5, 6, 7, 8, 9, 0]
+    info_dir, train_dir, _ = read_cifar(folder, "cifar10")  # the extracted folder
+    assert torch.equal(train_dir.images, train.images)
+    data = load_data("cifar10", data_dir=tmp_path, download=False, subset=10)  # finds the folder
+    assert len(data.train) == 10 and data.train.info.mean == info.mean
+
+
+def test_cifar100_layout(tmp_path):
+    from effscale.data.cifar import read_cifar
+    _, folder = _cifar_archive(tmp_path, "cifar100", protocol=5)
+    info, train, test = read_cifar(folder, "cifar100")
+    assert info.num_classes == 100 and len(train) == 6 and len(test) == 6
+
+
+def test_cifar_archive_with_bad_checksum_is_refused_before_unpickling(tmp_path, monkeypatch):
+    import pickle
+    from effscale.data import cifar
+    archive, folder = _cifar_archive(tmp_path)
+    (folder / "data_batch_1").write_bytes(pickle.dumps(_Evil()))
+    import tarfile
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    monkeypatch.setattr(cifar, "safe_loads", lambda *a: pytest.fail("unpickled before checking"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="fails its checksum .* delete it .* --data-dir"):
+        cifar.read_cifar(archive, "cifar10")  # the official md5
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / archive.name).write_bytes(archive.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="fails its checksum"):
+        load_data("cifar10", data_dir=tmp_path / "elsewhere", download=False)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    import pickle
+    from effscale.data.cifar import read_cifar, safe_loads
+    monkeypatch.chdir(tmp_path)
+    for protocol in (2, 5):
+        with pytest.raises(ValueError, match="refused to load (posix|os).system"):
+            safe_loads(pickle.dumps(_Evil(), protocol=protocol))
+    _, folder = _cifar_archive(tmp_path)
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": _Evil()}))
+    with pytest.raises(ValueError, match="test_batch: refused"):
+        read_cifar(folder, "cifar10")
+    assert not (tmp_path / "pwned").exists()
+    assert safe_loads(pickle.dumps({"a": np.arange(3), "b": [b"x", "y", 1.5]}))["b"][1] == "y"
+
+
+def test_cifar_missing_offline_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFSCALE_DATA", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="cifar100 not found in .* --data-dir"):
+        load_data("cifar100", data_dir=tmp_path, download=False)
