@@ -47,10 +47,12 @@ class Recipe:
     label_smoothing: float
     ema_decay: float        # 0: no EMA
     drop_path_rate: float
-    autoaugment: bool
-    flip: bool
-    crop_padding: int       # random crop with this padding (in native pixels)
-    cutout: int             # square cutout side in native pixels, 0: none
+    autoaugment: str        # "none", "autoaugment", "randaugment"
+    # flip, crop padding and cutout: None = the dataset's default (data.default_augment:
+    # no flip for digits, padding ~1/8 of the side)
+    flip: bool | None
+    crop_padding: int | None  # random crop with this padding (in native pixels)
+    cutout: int | None        # square cutout side in native pixels, 0: none
     grad_clip: float        # max global grad norm, 0: none
     pretrained_lr_scale: float = 1.0  # lr multiplier when fine-tuning from --pretrained
 
@@ -64,20 +66,20 @@ RECIPES = {
         momentum=0.9, alpha=0.9, eps=0.1, weight_decay=1e-5, decay_bn_bias=True,
         schedule="exponential", warmup_epochs=2, warmup_start=0.1, decay_rate=0.94,
         decay_epochs=1.0, label_smoothing=0.0, ema_decay=0.0, drop_path_rate=0.2,
-        autoaugment=False, flip=True, crop_padding=4, cutout=0, grad_clip=0.0),
+        autoaugment="none", flip=None, crop_padding=None, cutout=None, grad_clip=0.0),
     "paper": Recipe(
         name="paper", epochs=350, batch_size=256, optimizer="rmsprop_tf", lr=None,
         lr_per_256=0.016, momentum=0.9, alpha=0.9, eps=1e-3, weight_decay=1e-5,
         decay_bn_bias=False, schedule="step", warmup_epochs=5, warmup_start=0.0,
         decay_rate=0.97, decay_epochs=2.4, label_smoothing=0.1, ema_decay=0.9999,
-        drop_path_rate=0.2, autoaugment=True, flip=True, crop_padding=4, cutout=0,
+        drop_path_rate=0.2, autoaugment="autoaugment", flip=None, crop_padding=None, cutout=None,
         grad_clip=0.0, pretrained_lr_scale=0.25),
     "fast": Recipe(
         name="fast", epochs=15, batch_size=128, optimizer="sgd", lr=None, lr_per_256=0.4,
         momentum=0.9, alpha=0.9, eps=1e-8, weight_decay=5e-5, decay_bn_bias=False,
         schedule="cosine", warmup_epochs=1, warmup_start=0.1, decay_rate=0.0,
         decay_epochs=0.0, label_smoothing=0.1, ema_decay=0.999, drop_path_rate=0.1,
-        autoaugment=False, flip=True, crop_padding=4, cutout=0, grad_clip=0.0,
+        autoaugment="none", flip=None, crop_padding=None, cutout=None, grad_clip=0.0,
         pretrained_lr_scale=0.1),
 }
 
