@@ -276,3 +276,48 @@ def test_cifar_missing_offline_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFSCALE_DATA", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="cifar100 not found in .* --data-dir"):
         load_data("cifar100", data_dir=tmp_path, download=False)
+
+
+# ---- imagefolder ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from PIL import Image
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                size = (40 + 8 * i, 30 + 4 * i)  # varied sizes and aspect ratios
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_imagefolder_loads_and_batches(folder):
+    data = load_data(f"imagefolder:{folder}")
+    assert data.info.class_names == ("cat", "dog") and data.info.in_chans == 3
+    assert len(data.train) == 8 and len(data.val) == 4
+    val = make_loader(data.val, batch_size=3, resolution=24, train=False, num_workers=0)
+    out = batches(val)
+    assert [len(y) for _, y in out] == [2, 2] and out[0][0].shape == (2, 3, 24, 24)
+    assert sorted(torch.cat([y for _, y in out]).tolist()) == [0, 0, 1, 1]
+    kw = dict(batch_size=4, resolution=16, train=True, seed=1, epoch=0,
+              augment=Augment(flip=True, autoaugment="randaugment", cutout=4))
+    a = batches(make_loader(data.train, num_workers=2, **kw))  # decoded in worker processes
+    b = batches(make_loader(data.train, num_workers=0, start_batch=1, **kw))
+    assert len(a) == 2 and a[0][0].shape == (4, 3, 16, 16) and a[0][0].dtype == torch.float32
+    assert torch.equal(a[1][0], b[0][0]) and torch.equal(a[1][1], b[0][1])  # resumes exactly
+    small = load_data(f"imagefolder:{folder}", subset=4, val_subset=2)
+    assert sorted(small.train.labels.tolist()) == [0, 0, 1, 1] and len(small.val) == 2
+
+
+def test_imagefolder_missing_paths(folder, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_data(f"imagefolder:{tmp_path / 'nope'}")
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="lacks val/"):
+        load_data(f"imagefolder:{tmp_path}")
+    with pytest.raises(ValueError, match="imagefolder:PATH"):
+        load_data("imagefolder:")

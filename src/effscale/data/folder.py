@@ -1,0 +1,166 @@
+"""`imagefolder:PATH`: an ImageNet-style tree (PATH/train/<class>/*.jpg, PATH/val/<class>/...)
+decoded by torchvision (PIL) in DataLoader worker processes.
+
+Train: RandomResizedCrop, optional flip and RandAugment / AutoAugment per image (the Inception
+preprocessing the EfficientNet paper used); eval: resize the short side to resolution / 0.875,
+centre crop. Workers return uint8; normalisation (and cutout) happen on the device, as for the
+in-memory datasets. Each image's augmentation is seeded from (seed, epoch, image index), so
+the result does not depend on which worker decoded it or where an epoch was resumed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .augment import NO_AUGMENT, Augment, cutout
+from .loader import _AUGMENT, _check_channels, _to, derive_seed, generator, shard_batches, \
+    to_model_input
+from .sources import IMAGENET_MEAN, IMAGENET_STD
+from .splits import Data, DatasetInfo, stratified_subset
+
+EVAL_CROP_FRACTION = 0.875  # eval resizes to resolution / 0.875, then centre-crops
+
+
+@dataclass(frozen=True)
+class FolderSplit:
+    root: Path
+    samples: tuple[tuple[str, int], ...]  # (file path, class index)
+    info: DatasetInfo
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+
+
+def load_imagefolder(path, *, subset=None, val_subset=None, seed=0) -> Data:
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"imagefolder path {root} does not exist or is not a folder")
+    missing = [d for d in ("train", "val") if not (root / d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"imagefolder {root} lacks {' and '.join(m + '/' for m in missing)}"
+                                f" (expected train/ and val/ with one folder per class)")
+    try:
+        train = ImageFolder(str(root / "train"), allow_empty=True)  # lists files, decodes none
+        val_classes = sorted(e.name for e in os.scandir(root / "val") if e.is_dir())
+        unknown = sorted(set(val_classes) - set(train.classes))
+        if unknown:
+            raise ValueError(f"imagefolder {root}: val/ has classes not in train/: "
+                             f"{', '.join(unknown[:5])}")
+        val = make_dataset(str(root / "val"), train.class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    except FileNotFoundError as exc:  # torchvision's "Couldn't find any class folder"
+        raise FileNotFoundError(f"imagefolder {root}: {str(exc).splitlines()[0]}") from None
+    if not train.samples or not val:
+        raise FileNotFoundError(f"imagefolder {root}: no images in "
+                                f"{'train/' if not train.samples else 'val/'} "
+                                f"(extensions: {' '.join(IMG_EXTENSIONS)})")
+    info = DatasetInfo(f"imagefolder:{path}", len(train.classes), tuple(train.classes), 3, None,
+                       IMAGENET_MEAN, IMAGENET_STD)
+    splits = [FolderSplit(root / d, tuple(samples), info)
+              for d, samples in (("train", train.samples), ("val", val))]
+    for i, n in enumerate((subset, val_subset)):
+        if n is not None:
+            if n < 1:
+                raise ValueError(f"subset size must be >= 1, got {n}")
+            keep = stratified_subset(splits[i].labels, n, seed).tolist()
+            splits[i] = replace(splits[i], samples=tuple(splits[i].samples[k] for k in keep))
+    return Data(info, splits[0], splits[1])
+
+
+def decode(path: str):
+    """A file -> RGB PIL image (ImageFolder's own loader; torchvision.io's decoders are
+    deprecated since 0.29). The transforms crop before they resize, so PIL is cheap here."""
+    from torchvision.datasets.folder import default_loader
+    return default_loader(path)
+
+
+def folder_transform(resolution: int, train: bool, augment: Augment):
+    from torchvision.transforms import v2
+
+    if not train:
+        return v2.Compose([v2.Resize(round(resolution / EVAL_CROP_FRACTION), antialias=True),
+                           v2.CenterCrop(resolution), v2.PILToTensor()])
+    steps = [v2.RandomResizedCrop(resolution, antialias=True)]
+    if augment.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if augment.autoaugment == "randaugment":
+        steps.append(v2.RandAugment())
+    elif augment.autoaugment == "autoaugment":
+        steps.append(v2.AutoAugment())
+    return v2.Compose(steps + [v2.PILToTensor()])  # uint8 (3, R, R)
+
+
+class _Files(torch.utils.data.Dataset):
+    """Keys are (index, seed): the seed makes each image's random transform reproducible."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, seed = key
+        path, label = self.samples[index]
+        image = decode(path)
+        with torch.random.fork_rng(devices=[]):  # leave the process's RNG as it was
+            torch.manual_seed(seed)
+            image = self.transform(image)
+        return image, label
+
+
+class FolderLoader:
+    """Same interface as loader.TensorLoader: (images float32 (B, 3, R, R), labels int64)."""
+
+    def __init__(self, split: FolderSplit, *, batch_size, resolution, train, seed, epoch,
+                 augment, channels, rank, world_size, start_batch, device, drop_last=None,
+                 num_workers=None):
+        self.split, self.train = split, train
+        self.augment = augment if train else NO_AUGMENT
+        self.seed, self.epoch, self.rank, self.start_batch = seed, epoch, rank, start_batch
+        self.device = torch.device(device or "cpu")
+        self.channels = _check_channels(channels, 3)
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        index_batches = shard_batches(len(split), batch_size=batch_size, train=train, seed=seed,
+                                      epoch=epoch, rank=rank, world_size=world_size,
+                                      drop_last=drop_last)
+        self.batches = index_batches
+        self.num_batches = len(index_batches)
+        self.transform = folder_transform(resolution, train, self.augment)
+        self.resolution = resolution
+        mean = torch.tensor(split.info.mean)
+        self._fill = (mean * 255).round().to(torch.uint8)
+        self._shift = (mean * 255).view(1, -1, 1, 1).to(self.device)
+        self._scale = (1 / (torch.tensor(split.info.std) * 255)).view(1, -1, 1, 1).to(self.device)
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches - self.start_batch)
+
+    def _keys(self):
+        return [[(i, derive_seed(self.seed, self.epoch, _AUGMENT, i)) for i in b.tolist()]
+                for b in self.batches[self.start_batch:]]
+
+    def __iter__(self):
+        keys = self._keys()
+        if not keys:
+            return
+        loader = torch.utils.data.DataLoader(
+            _Files(self.split.samples, self.transform), batch_sampler=keys,
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        for b, (images, labels) in enumerate(loader, start=self.start_batch):
+            images, labels = _to(images, self.device), _to(labels, self.device)
+            if self.augment.cutout:
+                gen = generator(self.seed, self.epoch, _AUGMENT, self.rank, b)
+                images = cutout(images, self.augment.cutout, self._fill, gen)
+            yield to_model_input(images, self.resolution, self._shift, self._scale,
+                                 self.channels), labels
