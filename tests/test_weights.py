@@ -137,9 +137,9 @@ def test_wrong_class_count_and_ignore_classifier(sources):
     torch.manual_seed(0)
     source = calibrated(timm.create_model("efficientnet_b0", num_classes=10))
     with pytest.raises(ValueError, match=r"2 shape mismatches, e.g. classifier.bias <- "
-                                         r"classifier.bias: weights \(10,\) vs model \(1000,\), classifier.weight <- "
-                                         r"classifier.weight: weights \(10, 1280\) vs model "
-                                         r"\(1000, 1280\)") as err:
+                                         r"classifier.bias: weights \(10,\) vs model "
+                                         r"\(1000,\), classifier.weight <- classifier.weight: "
+                                         r"weights \(10, 1280\) vs model \(1000, 1280\)") as err:
         load_weights(create_model("b0"), source.state_dict())
     assert "the weights have 10 classes, the model 1000" in str(err.value)
     ours = create_model("b0")
