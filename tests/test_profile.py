@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from effscale import create_model, match_flops, profile
+from effscale import create_model, match_flops, parse_name, profile
 
 # REFERENCE.md: exact params and MACs (convs + FC) at each member's own resolution
 REFERENCE = {"b0": (5_288_548, 0.386e9), "b1": (7_794_184, 0.687e9), "b2": (9_109_994, 0.994e9),
@@ -107,6 +107,14 @@ def test_match_on_a_compound_shrunk_base_keeps_its_other_keys():
     best = min(abs(profile(f"b0@phi=-4,d={i / 100}", stem_stride=1).macs - target)
                for i in range(100, 500))
     assert abs(m.macs - target) == best
+
+
+def test_compound_match_on_a_base_with_fixed_resolution_still_scales_resolution():
+    base = "b0@phi=-6,res=28"
+    m = match_flops(base, "compound", 2 * profile(base, stem_stride=1).macs, stem_stride=1)
+    assert "res=" not in m.name and "r=" in m.name
+    assert parse_name(m.name).resolution > 28
+    assert m.within <= 0.02
 
 
 def test_bad_match_requests():

@@ -12,7 +12,7 @@ import bisect
 from dataclasses import asdict, dataclass
 
 from .names import Variant, check_resolution, model_spec, parse_name
-from .spec import ModelSpec, conv_out, output_stride
+from .spec import FAMILY, ModelSpec, conv_out, output_stride
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
@@ -123,6 +123,9 @@ def _variant(base: Variant, dimension: str, value: float | int) -> Variant:
     if dimension == "width":
         return base.with_(w=round(base.w * value, 4))
     if dimension == "compound":
+        if base.res is not None:  # a fixed res would stop gamma from scaling the resolution
+            base = base.with_(res=None, r=base.res / (FAMILY[base.base].resolution
+                                                      * base.gamma ** base.phi))
         return base.with_(phi=round(base.phi + value, 4))
     return base.with_(res=int(value), r=1.0)
 
