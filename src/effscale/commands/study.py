@@ -1,0 +1,101 @@
+"""`effscale study`: compound vs single-dimension scaling at matched FLOPs, over seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..studies import PRESETS, STRATEGIES
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "study", help="compound vs depth/width/resolution scaling at matched FLOPs",
+        description="Train the baseline and, at each FLOPs level, the compound model and the "
+                    "depth-, width- and resolution-only models matched to the same MACs, over "
+                    "seeds; write results.csv/.md, plots and report.html. Re-running the same "
+                    "command skips finished runs and resumes interrupted ones. With no flags: "
+                    "a quick study on the bundled digits data (a few minutes on CPU).")
+    p.add_argument("--config", metavar="FILE",
+                   help="study config JSON (keys as the flags, e.g. {\"levels\": [2, 4]}); "
+                        "flags override it")
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="seed: the CIFAR-10 study's setup (B0, recipe seed, 35 epochs, "
+                        "compound at B2's MACs) with FLOPs matched and >= 2 seeds")
+    p.add_argument("--base", help="base model name (default per dataset)")
+    p.add_argument("--data", help="digits (default), fashion-mnist, cifar10, cifar100, "
+                                  "imagefolder:PATH")
+    p.add_argument("--data-dir")
+    p.add_argument("--recipe", help="training recipe: fast, seed, paper")
+    levels = p.add_mutually_exclusive_group()
+    levels.add_argument("--levels", help="FLOPs levels as multiples of the base's MACs, "
+                                         "e.g. 2,4")
+    levels.add_argument("--phis", help="FLOPs levels as compound phi values, e.g. 1,2")
+    p.add_argument("--strategies", help=f"comma list from {','.join(STRATEGIES)} (default all)")
+    p.add_argument("--seeds", type=int, help="seeds per model (default 2; 1 gives no error bars)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--stem-stride", type=int, choices=(1, 2))
+    p.add_argument("--subset", type=int, help="train on this many images (stratified)")
+    p.add_argument("--val-subset", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--jobs", type=int, help="runs in parallel: one per GPU, or N CPU processes")
+    p.add_argument("--coefficients", metavar="A,B,G",
+                   help="compound coefficients alpha,beta,gamma (e.g. from effscale search)")
+    p.add_argument("--max-mismatch", type=float,
+                   help="refuse models whose MACs miss their level by more than this "
+                        "fraction (default 0.02)")
+    p.add_argument("--device")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--out", help="study directory (default runs/study)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the matched plan and exit without training")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    return p
+
+
+FLAG_KEYS = ("preset", "base", "data", "data_dir", "recipe", "levels", "phis", "strategies",
+             "seeds", "epochs", "stem_stride", "subset", "val_subset", "batch_size", "lr",
+             "jobs", "coefficients", "max_mismatch", "device", "precision", "out")
+
+
+def command_line(name: str, args, keys) -> str:
+    """The command as typed, rebuilt from the parsed flags (sys.argv is not ours when main()
+    is called in-process), so the report can say exactly how to reproduce the study."""
+    import shlex
+    argv = ["effscale", name]
+    for key in keys:
+        value = getattr(args, key, None)
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return shlex.join(argv)
+
+
+def run(args) -> int:
+    from ..studies import study
+    file_values = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such study config: {path}")
+        try:
+            file_values = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"cannot parse study config {path}: {exc}") from None
+        if not isinstance(file_values, dict):
+            raise ValueError(f"study config {path} must hold a JSON object")
+        file_values = {k.replace("-", "_"): v for k, v in file_values.items()}
+    flags = {k: getattr(args, k) for k in FLAG_KEYS}
+    result = study(file_values, dry_run=args.dry_run, report=not args.no_report,
+                   command=command_line("study", args, ("config",) + FLAG_KEYS), **flags)
+    if args.dry_run:
+        return 0
+    print()
+    print(result["conclusion"])
+    if result["failed"]:
+        print(f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])}; "
+              f"see {result['out']}/logs or re-run to retry")
+        return 1
+    return 0

@@ -1,0 +1,462 @@
+"""Results of a study (or a coefficient search) as files: `results.csv`, `results.md`, plots,
+and `report.html` + `report.md`.
+
+Everything is recomputed from the run directories (summary.json, metrics.csv) and the plan
+in study.json, so a report can be regenerated at any time, also from a partly finished study.
+A report is a list of sections rendered twice, to Markdown and to self-contained HTML (inline
+CSS, images as data URIs, no script, no network), so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import time
+from pathlib import Path
+
+from . import stats
+from .table import render
+
+# The paper's Table 7 (REFERENCE.md): scaling B0 one dimension at a time vs compound.
+PAPER_TABLE7 = {
+    "baseline": ("B0", 0.4, 77.3),
+    "depth": ("d=4", 1.8, 79.0),
+    "width": ("w=2", 1.8, 78.9),
+    "resolution": ("r=2", 1.9, 79.1),
+    "compound": ("d=1.4, w=1.2, r=1.3", 1.8, 81.1),
+}
+PAPER_LEVEL = 1.8 / 0.39  # the paper's Table 7 compares at ~4.6x B0's FLOPs
+STRATEGY_ORDER = ("baseline", "depth", "width", "resolution", "compound")
+
+
+# -- reading runs ---------------------------------------------------------------------------
+
+def read_run(run_dir: Path) -> dict:
+    """summary (or {}), per-epoch metrics rows, status."""
+    run_dir = Path(run_dir)
+    summary = {}
+    if (run_dir / "summary.json").is_file():
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except ValueError:
+            summary = {}
+    metrics = []
+    if (run_dir / "metrics.csv").is_file():
+        with open(run_dir / "metrics.csv", newline="") as f:
+            metrics = list(csv.DictReader(f))
+    return {"summary": summary, "metrics": metrics,
+            "finished": summary.get("status") == "finished"}
+
+
+def _num(value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+# -- the study's tables (pure functions of plan + runs) -------------------------------------
+
+def model_rows(plan: dict, runs: dict[str, dict], metric: str = "final_top1") -> list[dict]:
+    """One row per (strategy, level) model: the plan's numbers and the seeds' results.
+
+    `runs` maps run key -> read_run(); only finished runs count."""
+    rows = []
+    for m in plan["models"]:
+        keys = [k for k, r in plan["runs"].items()
+                if r["strategy"] == m["strategy"] and r["level"] == m["level"]]
+        done = {plan["runs"][k]["seed"]: runs[k]["summary"] for k in keys
+                if k in runs and runs[k]["finished"]}
+        top1 = {s: _num(v.get(metric)) for s, v in done.items()}
+        mean, std, n = stats.mean_std(top1.values())
+        rows.append({
+            "strategy": m["strategy"], "level": m["level"], "model": m["model"],
+            "d": m["d"], "w": m["w"], "r": m["r"], "res": m["resolution"],
+            "params": m["params"], "macs": m["macs"], "target_macs": m["target_macs"],
+            "ratio": round(m["macs"] / m["target_macs"], 4),
+            "top1_mean": None if mean is None else round(mean, 3),
+            "top1_std": None if std is None else round(std, 3),
+            "n": n, "planned": len(keys),
+            "best_top1_mean": _round(_mean(_num(v.get("best_top1")) for v in done.values())),
+            "best_epoch": _round(_mean(_num(v.get("best_epoch")) for v in done.values()), 1),
+            "wall_time_s": _round(_mean(_num(v.get("wall_time_s")) for v in done.values()), 1),
+            "per_seed": top1,
+        })
+    return rows
+
+
+def _round(x, digits=3):
+    return None if x is None else round(x, digits)
+
+
+def _pm(mean, std, n) -> str:
+    if mean is None:
+        return "not run"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f} (n=1, no error bar)"
+
+
+def _macs_unit(rows) -> tuple[str, float]:
+    biggest = max((r["macs"] for r in rows), default=0)
+    return ("G", 1e9) if biggest >= 1e9 else ("M", 1e6)
+
+
+def display_rows(rows: list[dict]) -> list[dict]:
+    """The results table as people read it (Markdown / HTML)."""
+    unit, scale = _macs_unit(rows)
+    return [{
+        "strategy": r["strategy"], "level": r["level"], "model": r["model"],
+        "d": f"{r['d']:.3g}", "w": f"{r['w']:.3g}", "r": f"{r['r']:.3g}", "res": r["res"],
+        "params(M)": f"{r['params'] / 1e6:.3f}", f"MACs({unit})": f"{r['macs'] / scale:.4g}",
+        "ratio to target": f"{r['ratio']:.3f}",
+        "top-1 (%)": _pm(r["top1_mean"], r["top1_std"], r["n"]),
+        "n": f"{r['n']}/{r['planned']}",
+        "best epoch": "" if r["best_epoch"] is None else f"{r['best_epoch']:g}",
+        "wall time (s)": "" if r["wall_time_s"] is None else f"{r['wall_time_s']:.0f}",
+    } for r in rows]
+
+
+CSV_COLUMNS = ["strategy", "level", "model", "d", "w", "r", "res", "params", "macs",
+               "target_macs", "ratio", "top1_mean", "top1_std", "n", "best_top1_mean",
+               "best_epoch", "wall_time_s"]
+
+
+def table7_rows(rows: list[dict]) -> tuple[list[dict], str | None]:
+    """The paper's Table 7 beside ours at the level closest to the paper's (~4.6x B0)."""
+    levels = sorted({r["level"] for r in rows if r["strategy"] != "baseline"})
+    if not rows:
+        return [], None
+    base = next((r for r in rows if r["strategy"] == "baseline"), None)
+    base_macs = base["macs"] if base else None
+
+    def factor(level):
+        r = next(r for r in rows if r["level"] == level)
+        return r["target_macs"] / base_macs if base_macs else None
+
+    chosen = None
+    if levels and base_macs:
+        chosen = min(levels, key=lambda lv: abs(math.log(factor(lv) / PAPER_LEVEL)))
+    elif levels:
+        chosen = levels[-1]
+    out = []
+    for strategy in STRATEGY_ORDER:
+        paper_model, paper_flops, paper_top1 = PAPER_TABLE7[strategy]
+        ours = next((r for r in rows if r["strategy"] == strategy
+                     and (strategy == "baseline" or r["level"] == chosen)), None)
+        if ours is None:
+            continue
+        delta = (ours["top1_mean"] - base["top1_mean"]
+                 if base and ours["top1_mean"] is not None and base["top1_mean"] is not None
+                 else None)
+        out.append({
+            "strategy": strategy,
+            "paper model": paper_model, "paper FLOPs(B)": f"{paper_flops:g}",
+            "paper top-1": f"{paper_top1:.1f}",
+            "paper vs B0": f"{paper_top1 - PAPER_TABLE7['baseline'][2]:+.1f}",
+            "our model": ours["model"],
+            "our d/w/r": f"{ours['d']:.3g}/{ours['w']:.3g}/{ours['r']:.3g}",
+            "our MACs vs base": (f"{ours['macs'] / base_macs:.2f}x" if base_macs else ""),
+            "our top-1": _pm(ours["top1_mean"], ours["top1_std"], ours["n"]),
+            "ours vs base": "" if delta is None else f"{delta:+.2f}",
+        })
+    return out, chosen
+
+
+def comparison_rows(comparisons: list[stats.Comparison]) -> list[dict]:
+    def f(x, fmt="{:+.2f}"):
+        return "" if x is None else fmt.format(x)
+    return [{
+        "level": c.level, "compound vs": c.other, "n": c.n,
+        "compound top-1": f(c.compound_mean, "{:.2f}"), "other top-1": f(c.other_mean, "{:.2f}"),
+        "mean diff": f(c.diff), "95% CI": ("" if c.ci_low is None
+                                           else f"[{c.ci_low:+.2f}, {c.ci_high:+.2f}]"),
+        "p (paired t)": "" if c.p is None else stats._p(c.p), "verdict": c.verdict,
+    } for c in comparisons]
+
+
+def curves(plan: dict, runs: dict[str, dict]) -> dict:
+    """{level: {strategy: [(epoch, mean val top-1 over seeds), ...]}}; the baseline is shown
+    in every level's panel, as the starting point of every scaling strategy."""
+    by_model: dict[tuple, dict[int, list[float]]] = {}
+    for key, r in plan["runs"].items():
+        run = runs.get(key)
+        if not run:
+            continue
+        for row in run["metrics"]:
+            epoch, top1 = _num(row.get("epoch")), _num(row.get("top1"))
+            if epoch is None or top1 is None:
+                continue
+            by_model.setdefault((r["strategy"], r["level"]), {}).setdefault(
+                int(epoch), []).append(top1)
+    levels = sorted({lv for (s, lv) in by_model if s != "baseline"}) or ["1"]
+    out = {}
+    for level in levels:
+        panel = {}
+        for (strategy, lv), epochs in sorted(by_model.items(),
+                                             key=lambda kv: STRATEGY_ORDER.index(kv[0][0])):
+            if lv == level or strategy == "baseline":
+                panel[strategy] = [(e, sum(v) / len(v)) for e, v in sorted(epochs.items())]
+        out[level] = panel
+    return out
+
+
+# -- writing the results --------------------------------------------------------------------
+
+def _read_all(study_dir: Path, plan: dict) -> dict[str, dict]:
+    return {key: read_run(study_dir / "runs" / key) for key in plan["runs"]}
+
+
+def write_results(study_dir: str | Path) -> dict:
+    """results.csv, results.md and plots/ of a study directory; returns what it computed."""
+    from . import plots
+    from .studies import load_study
+    study_dir = Path(study_dir)
+    plan = load_study(study_dir)
+    runs = _read_all(study_dir, plan)
+    rows = model_rows(plan, runs)
+    t7, t7_level = table7_rows(rows)
+    top1 = {(r["strategy"], r["level"]): r["per_seed"] for r in rows}
+    levels = list(dict.fromkeys(r["level"] for r in rows if r["strategy"] == "compound"))
+    comparisons = stats.compare_all(top1, levels)
+    text = stats.conclusion(comparisons)
+    unit, scale = _macs_unit(rows)
+    plot_dir = study_dir / "plots"
+    title = f"{plan['config']['base']} on {plan['config']['data']}"
+    figures = {}
+    if any(r["top1_mean"] is not None for r in rows):
+        figures["accuracy_vs_macs"] = plots.accuracy_vs(
+            rows, "macs", plot_dir / "accuracy_vs_macs", xlabel=f"MACs ({unit})", scale=scale,
+            title=f"Scaling {title} (cf. paper Figure 8)")
+        figures["accuracy_vs_params"] = plots.accuracy_vs(
+            rows, "params", plot_dir / "accuracy_vs_params", xlabel="parameters (M)",
+            scale=1e6, title=f"Top-1 vs parameters, {title}")
+    curve_data = curves(plan, runs)
+    if any(curve_data.values()):
+        figures["training_curves"] = plots.training_curves(curve_data,
+                                                           plot_dir / "training_curves")
+    (study_dir / "results.csv").write_text(render(rows, "csv", CSV_COLUMNS) + "\n")
+    md = [f"# Results: {title}", "",
+          "## Models (top-1 = final-epoch validation accuracy, mean ± std over seeds)", "",
+          render(display_rows(rows), "markdown"), "",
+          f"## Beside the paper's Table 7 (our level {t7_level}: closest to the paper's "
+          f"~{PAPER_LEVEL:.1f}x B0)", "", render(t7, "markdown") if t7 else "(no rows)", "",
+          "## Compound vs single-dimension scaling (paired over seeds)", "",
+          render(comparison_rows(comparisons), "markdown") if comparisons else "(none)", ""]
+    md += [f"- {c.level}: {c.meaning}" for c in comparisons]
+    md += ["", "## Conclusion", "", text, ""]
+    md += [f"![{name}](plots/{name}.png)" for name in figures]
+    (study_dir / "results.md").write_text("\n".join(md) + "\n")
+    return {"rows": rows, "table7": t7, "table7_level": t7_level, "comparisons": comparisons,
+            "conclusion": text, "figures": figures, "plan": plan, "runs": runs}
+
+
+# -- the report -----------------------------------------------------------------------------
+
+def report(study_dir: str | Path, *, cams: bool = True, images: int = 6, echo=print) -> dict:
+    """Write report.html and report.md in a study (or search) directory; return their paths."""
+    study_dir = Path(study_dir)
+    if (study_dir / "search.json").is_file():
+        from .coefsearch import search_sections
+        title, sections = search_sections(study_dir)
+    elif (study_dir / "study.json").is_file():
+        title, sections = _study_sections(study_dir, cams=cams, images=images, echo=echo)
+    else:
+        raise FileNotFoundError(f"{study_dir} holds no study.json or search.json: not a study "
+                                f"or search directory")
+    paths = {"html": study_dir / "report.html", "md": study_dir / "report.md"}
+    paths["md"].write_text(to_markdown(title, sections, study_dir))
+    paths["html"].write_text(to_html(title, sections, study_dir))
+    echo(f"report: {paths['html']} and {paths['md']}")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _study_sections(study_dir: Path, *, cams: bool, images: int, echo) -> tuple[str, list]:
+    res = write_results(study_dir)
+    plan, rows = res["plan"], res["rows"]
+    cfg = plan["config"]
+    title = f"effscale study: {cfg['base']} on {cfg['data']}"
+    n_done = sum(1 for r in res["runs"].values() if r["finished"])
+    n_all = len(plan["runs"])
+    s: list = [("p", res["conclusion"])]
+    if n_done < n_all:
+        s.append(("note", f"Partial study: {n_done} of {n_all} runs finished; the numbers "
+                          f"below use the finished runs only. Re-run the study command to "
+                          f"resume."))
+    if cfg["seeds"] < 2:
+        s.append(("note", "One seed per model: no error bars and no significance tests."))
+    s += [("h2", "Setup"),
+          ("table", [
+              {"setting": "base", "value": cfg["base"]},
+              {"setting": "dataset", "value": f"{cfg['data']} ({plan['num_classes']} classes)"},
+              {"setting": "levels", "value": ", ".join(f"{x:g}x" for x in cfg["levels"])
+               or ", ".join(f"phi={x:g}" for x in cfg["phis"])},
+              {"setting": "strategies", "value": ", ".join(cfg["strategies"])},
+              {"setting": "seeds", "value": ", ".join(map(str, plan["seeds"]))},
+              {"setting": "epochs", "value": cfg["epochs"]},
+              {"setting": "recipe", "value": cfg["recipe"] or "engine default"},
+              {"setting": "stem stride", "value": cfg["stem_stride"]},
+              {"setting": "train subset", "value": cfg["subset"] or "all"},
+              {"setting": "coefficients (alpha, beta, gamma)",
+               "value": ", ".join(f"{c:g}" for c in cfg["coefficients"])
+               if cfg["coefficients"] else "1.2, 1.1, 1.15 (paper)"},
+              {"setting": "FLOPs matching", "value": f"every model within "
+               f"{cfg['max_mismatch']:.0%} of its level's MACs (worst "
+               f"{max(abs(r['ratio'] - 1) for r in rows):.1%})" if rows else ""},
+              {"setting": "wall time", "value": f"{plan.get('wall_time_s', 0):.0f} s"},
+          ]),
+          ("h2", "Models"),
+          ("p", "top-1 is the final-epoch validation accuracy, mean ± sample std over seeds; "
+                "d, w, r multiply the base's depth, width and resolution; ratio is the "
+                "model's MACs over its level's target."),
+          ("table", display_rows(rows)),
+          ("h2", "Beside the paper's Table 7"),
+          ("p", f"Paper: ImageNet, 350 epochs. Ours: level {res['table7_level']} "
+                f"(closest to the paper's ~{PAPER_LEVEL:.1f}x B0). Compare the gains over "
+                f"the baseline, not the absolute numbers."),
+          ("table", res["table7"]),
+          ("h2", "Compound vs single-dimension scaling"),
+          ("p", "Paired over seeds: the per-seed difference compound - other, its mean, 95% "
+                "confidence interval and a two-sided paired t-test "
+                "(scipy.stats.ttest_rel)."),
+          ("table", comparison_rows(res["comparisons"])),
+          ("list", [f"{c.level}: {c.meaning}" for c in res["comparisons"]]),
+          ("h2", "Conclusion"), ("p", res["conclusion"]),
+          ("h2", "Plots")]
+    captions = {"accuracy_vs_macs": "Top-1 against MACs per strategy (error bars: std over "
+                                    "seeds), the layout of the paper's Figure 8",
+                "accuracy_vs_params": "Top-1 against parameters",
+                "training_curves": "Validation top-1 per epoch, mean over seeds"}
+    for name, paths in res["figures"].items():
+        s.append(("img", Path(paths[0]), captions[name]))
+    s.append(("h2", "Class activation maps"))
+    s.append(_cam_section(study_dir, plan, res["runs"], images, echo) if cams else
+             ("note", "CAM figure skipped (--no-cams)."))
+    env = plan.get("environment", {})
+    s += [("h2", "Reproduce"),
+          ("p", "The command(s) that produced this study (re-running resumes it):"),
+          ("pre", "\n".join(plan.get("commands", [])) or "(unknown)"),
+          ("h2", "Environment"),
+          ("table", [{"key": k, "value": v} for k, v in env.items()]
+           + [{"key": "seeds", "value": ", ".join(map(str, plan["seeds"]))},
+              {"key": "study created", "value": plan.get("created")},
+              {"key": "report generated",
+               "value": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])]
+    return title, s
+
+
+def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
+    """The side-by-side CAM figure of seed 0 of each model at the largest level (and the
+    baseline); a clear note instead when CAMs are unavailable or fail."""
+    cfg = plan["config"]
+    levels = [m["level"] for m in plan["models"] if m["strategy"] != "baseline"]
+    top = levels[-1] if levels else "1"
+    chosen = [(k, r) for k, r in plan["runs"].items() if r["seed"] == 0
+              and (r["level"] == top or r["strategy"] == "baseline")
+              and runs.get(k, {}).get("finished")]
+    if not chosen:
+        return ("note", "CAM figure: no finished seed-0 runs yet.")
+    out_path = study_dir / "plots" / "cams.png"
+    try:
+        from .cams import compare_figure
+        compare_figure([study_dir / "runs" / k for k, _ in chosen], cfg["data"], out_path,
+                       images=images, method="gradcam",
+                       labels=[f"{r['strategy']}: {r['model']}" for _, r in chosen],
+                       data_dir=cfg.get("data_dir"))
+    except Exception as exc:  # CAMs are an extra: the report must still be written
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        echo(f"note: CAM figure unavailable ({type(exc).__name__}: {reason})")
+        return ("note", f"CAM figure unavailable: {type(exc).__name__}: {reason}")
+    if not out_path.is_file():
+        return ("note", "CAM figure unavailable: compare_figure wrote no file.")
+    return ("img", out_path, f"Grad-CAM of the same validation images, seed 0, level {top} "
+                             f"(and the baseline)")
+
+
+# -- renderers ------------------------------------------------------------------------------
+
+def to_markdown(title: str, sections: list, root: Path) -> str:
+    lines = [f"# {title}", ""]
+    for sec in sections:
+        kind = sec[0]
+        if kind == "h2":
+            lines += [f"## {sec[1]}", ""]
+        elif kind == "p":
+            lines += [sec[1], ""]
+        elif kind == "note":
+            lines += [f"> **Note:** {sec[1]}", ""]
+        elif kind == "pre":
+            lines += ["```", sec[1], "```", ""]
+        elif kind == "list":
+            lines += [f"- {item}" for item in sec[1]] + [""]
+        elif kind == "table":
+            lines += [render(sec[1], "markdown") if sec[1] else "(no rows)", ""]
+        elif kind == "img":
+            rel = Path(sec[1]).resolve().relative_to(Path(root).resolve())
+            lines += [f"![{sec[2]}]({rel.as_posix()})", "", f"*{sec[2]}*", ""]
+    return "\n".join(lines)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1150px;
+margin:2em auto;padding:0 1em;color:#1a1a1a;line-height:1.45}
+h1{font-size:1.6em;border-bottom:2px solid #d55e00;padding-bottom:.2em}
+h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+tr:nth-child(even) td{background:#fafafa}
+figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}
+pre{background:#f6f6f6;padding:.7em;overflow-x:auto;font-size:.85em}
+.note{background:#fff6e5;border-left:4px solid #e69f00;padding:.5em .8em}
+"""
+
+
+def html_table(rows: list[dict]) -> str:
+    # table.render has no HTML format; this is its HTML twin (same columns, same cells)
+    if not rows:
+        return "<p>(no rows)</p>"
+    columns = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}"
+                                    f"</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _data_uri(path: Path) -> str:
+    kind = {"png": "image/png", "svg": "image/svg+xml"}[Path(path).suffix[1:].lower()]
+    return f"data:{kind};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+
+
+def to_html(title: str, sections: list, root: Path) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for sec in sections:
+        kind = sec[0]
+        if kind == "h2":
+            parts.append(f"<h2>{html.escape(sec[1])}</h2>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(sec[1])}</p>")
+        elif kind == "note":
+            parts.append(f'<p class="note">{html.escape(sec[1])}</p>')
+        elif kind == "pre":
+            parts.append(f"<pre>{html.escape(sec[1])}</pre>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in sec[1])
+                         + "</ul>")
+        elif kind == "table":
+            parts.append(html_table(sec[1]))
+        elif kind == "img":
+            parts.append(f'<figure><img src="{_data_uri(sec[1])}" alt="{html.escape(sec[2])}">'
+                         f"<figcaption>{html.escape(sec[2])}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

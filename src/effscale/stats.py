@@ -1,0 +1,176 @@
+"""Paired comparisons of compound scaling against each single dimension, and the conclusion
+sentence computed from them. Pure functions of numbers: no files, no torch.
+
+Pairing is by seed: run s of the compound model and run s of the depth-only model share the
+data order and initial RNG stream, so their difference cancels much of the seed-to-seed
+noise (a paired t-test on the per-seed differences, scipy.stats.ttest_rel).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+ALPHA = 0.05  # significance level of every test and the 95% confidence intervals
+
+
+def mean_std(values) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (ddof=1; None with one value) and n."""
+    values = [float(v) for v in values if v is not None]
+    n = len(values)
+    if n == 0:
+        return None, None, 0
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, 1
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)), n
+
+
+@dataclass(frozen=True)
+class Comparison:
+    level: str
+    other: str                 # the single dimension compared against compound
+    n: int                     # number of seeds present in both
+    compound_mean: float | None
+    other_mean: float | None
+    diff: float | None         # mean of (compound - other) over paired seeds, in points
+    ci_low: float | None       # 95% CI of that mean difference
+    ci_high: float | None
+    p: float | None            # two-sided paired t-test
+    verdict: str               # "better", "worse", "no significant difference", "untested"
+
+    @property
+    def meaning(self) -> str:
+        """The comparison in words."""
+        if self.verdict == "untested":
+            if self.n == 0:
+                return f"{self.other}: no paired runs to compare"
+            return (f"compound {_signed(self.diff)} points vs {self.other}-only from one seed: "
+                    f"cannot be tested (n=1, no error bars)")
+        ci = f"95% CI [{self.ci_low:+.2f}, {self.ci_high:+.2f}]"
+        if self.verdict == "no significant difference":
+            return (f"compound {_signed(self.diff)} points vs {self.other}-only "
+                    f"({ci}, p={_p(self.p)}, n={self.n}): not significant; the interval "
+                    f"includes zero, so the seeds do not separate them")
+        return (f"compound is {self.verdict} than {self.other}-only by {abs(self.diff):.2f} "
+                f"points ({ci}, p={_p(self.p)}, n={self.n})")
+
+
+def _signed(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def paired_comparison(level: str, other: str, compound: dict, single: dict,
+                      alpha: float = ALPHA) -> Comparison:
+    """compound and single map seed -> top-1 (%). Only seeds present in both are paired."""
+    seeds = sorted(set(compound) & set(single))
+    seeds = [s for s in seeds if compound[s] is not None and single[s] is not None]
+    a = [float(compound[s]) for s in seeds]
+    b = [float(single[s]) for s in seeds]
+    n = len(seeds)
+    c_mean, o_mean = mean_std(a)[0], mean_std(b)[0]
+    diffs = [x - y for x, y in zip(a, b)]
+    diff, sd, _ = mean_std(diffs)
+    if n < 2:
+        return Comparison(level, other, n, c_mean, o_mean, diff, None, None, None, "untested")
+    if sd == 0:
+        # identical differences on every seed: the t statistic is infinite (or 0/0); the
+        # interval is the point itself
+        p = 1.0 if diff == 0 else 0.0
+        low = high = diff
+    else:
+        from scipy import stats
+        p = float(stats.ttest_rel(a, b).pvalue)
+        half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n)
+        low, high = diff - half, diff + half
+    if p < alpha and diff > 0:
+        verdict = "better"
+    elif p < alpha and diff < 0:
+        verdict = "worse"
+    else:
+        verdict = "no significant difference"
+    return Comparison(level, other, n, c_mean, o_mean, diff, low, high, p, verdict)
+
+
+def compare_all(top1: dict, levels: list[str], singles=("depth", "width", "resolution"),
+                alpha: float = ALPHA) -> list[Comparison]:
+    """top1 maps (strategy, level) -> {seed: top-1}; one Comparison per level and dimension
+    where both compound and that dimension were run."""
+    out = []
+    for level in levels:
+        if ("compound", level) not in top1:
+            continue
+        for other in singles:
+            if (other, level) in top1:
+                out.append(paired_comparison(level, other, top1[("compound", level)],
+                                             top1[(other, level)], alpha))
+    return out
+
+
+def conclusion(comparisons: list[Comparison]) -> str:
+    """One paragraph that says what the comparisons show, built only from their numbers."""
+    if not comparisons:
+        return ("No conclusion: the study has no level where compound scaling and a single "
+                "dimension were both trained.")
+    tested = [c for c in comparisons if c.verdict != "untested"]
+    where = lambda c: f"{c.other} at {_level(c.level)}"  # noqa: E731
+    if not tested:
+        wins = [c for c in comparisons if c.diff is not None and c.diff > 0]
+        return (f"With one seed per model nothing can be tested: compound scaling scored "
+                f"higher in {len(wins)} of {len(comparisons)} matched-FLOPs comparisons, but "
+                f"without repeated seeds a difference of this size may be noise. Run with "
+                f"--seeds 2 or more.")
+    better = [c for c in tested if c.verdict == "better"]
+    worse = [c for c in tested if c.verdict == "worse"]
+    same = [c for c in tested if c.verdict == "no significant difference"]
+    mean_gain = sum(c.diff for c in tested) / len(tested)
+    n_seeds = sorted({c.n for c in tested})
+    seeds = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}-{n_seeds[-1]}"
+    head = (f"Over {len(tested)} paired comparisons at matched FLOPs ({seeds} seeds each), "
+            f"compound scaling's mean difference to single-dimension scaling is "
+            f"{mean_gain:+.2f} top-1 points. ")
+    if len(better) == len(tested):
+        verdict = ("Compound scaling was significantly better than every single-dimension "
+                   "strategy at every level: this supports the paper's claim (Table 7).")
+    elif len(worse) == len(tested):
+        verdict = ("Compound scaling was significantly worse than every single-dimension "
+                   "strategy at every level: this contradicts the paper's claim (Table 7).")
+    elif not better and not worse:
+        verdict = ("No difference is significant at p<0.05: on this dataset and budget the "
+                   "runs neither confirm nor refute the paper's claim that compound scaling "
+                   "beats single-dimension scaling; more seeds or epochs would narrow the "
+                   "intervals.")
+    elif better and not worse:
+        verdict = (f"Compound scaling was significantly better than "
+                   f"{_join(map(where, better))}, and not significantly different from "
+                   f"{_join(map(where, same))}: partial support for the paper's claim.")
+    elif worse and not better:
+        verdict = (f"Compound scaling was significantly worse than "
+                   f"{_join(map(where, worse))}, and not significantly different from "
+                   f"{_join(map(where, same))}: no support for the paper's claim here.")
+    else:
+        verdict = (f"Mixed: compound scaling was significantly better than "
+                   f"{_join(map(where, better))} but worse than {_join(map(where, worse))}"
+                   + (f" (no significant difference from {_join(map(where, same))})"
+                      if same else "") + ".")
+    untested = len(comparisons) - len(tested)
+    tail = f" {untested} comparison(s) had fewer than 2 paired seeds and were not tested." \
+        if untested else ""
+    return head + verdict + tail
+
+
+def _level(label: str) -> str:
+    return f"phi={label[3:]}" if label.startswith("phi") else f"{label}x MACs"
+
+
+def _join(items) -> str:
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]

@@ -1,0 +1,698 @@
+"""`effscale study`: compound scaling against one dimension at a time, at matched FLOPs, over
+seeds (the paper's Table 7 / Figure 8 experiment), resumable and parallel.
+
+Three layers, each with one job:
+- config: presets <- dataset defaults <- config file <- flags, validated (`resolve_config`);
+- plan: a pure function from the config to the models and runs (`plan_models`, `plan_runs`):
+  every model's name, d/w/r, params and MACs are known before a tensor exists, so the FLOPs
+  match is checked (and refused when > max_mismatch off) before anything trains;
+- runner: `run_jobs`, the one loop that trains a list of run directories through
+  `effscale.train`, skipping finished ones and resuming interrupted ones, in-process or in
+  N worker processes. `effscale search` reuses it.
+
+The study directory holds `study.json` (the resolved plan + environment + commands),
+`runs/<strategy>-L<level>-s<seed>/` (one training run each), `logs/`, `results.csv`,
+`results.md`, `plots/` and, from `effscale report`, `report.html` / `report.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .measure import match_flops, profile
+from .names import Variant, parse_name
+from .spec import FAMILY
+
+STRATEGIES = ("baseline", "depth", "width", "resolution", "compound")
+SINGLE = ("depth", "width", "resolution")
+
+# (classes, channels) of the built-in datasets, so a plan needs no data loaded. Anything else
+# (imagefolder:PATH) asks effscale.data.
+DATASETS = {"digits": (10, 1), "fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3)}
+
+# Per-dataset defaults: what `effscale study --data X` runs with no other flag.
+# digits: the quick study (`make run`): 1 level, 2 seeds, all 5 strategies, a tiny base at
+#   16 px with stem stride 1 whose level-2.5 variants all match within 2% (most tiny bases
+#   and levels cannot: whole blocks and whole pixels are coarse steps at this size). The seed
+#   recipe at lr 0.004 / batch 32 with a cosine decay reaches ~90% in 3-4 epochs; the fast
+#   recipe's default lr diverges on these tiny models, and the seed recipe's exponential decay
+#   ends a 3-epoch run at peak lr, where BN statistics swing the val accuracy by 50 points.
+# fashion-mnist: the real CPU study (about an hour on 2 cores, see the README).
+# cifar10/100: B0 at 224 px like the paper and the CIFAR-10 study: a GPU job.
+DATA_DEFAULTS = {
+    "digits": dict(base="b0@phi=-6,r=0.1652", stem_stride=1, levels=(2.5,), epochs=4,
+                   recipe="seed", lr=0.004, batch_size=32,
+                   train={"schedule": "cosine", "warmup_epochs": 0.5}),
+    "fashion-mnist": dict(base="b0@phi=-6,res=16", stem_stride=1, levels=(2.0, 4.0), epochs=3,
+                          recipe="fast", seeds=3),
+    "cifar10": dict(base="b0", stem_stride=2, levels=(2.0, 4.0), epochs=15, recipe="fast"),
+    "cifar100": dict(base="b0", stem_stride=2, levels=(2.0, 4.0), epochs=15, recipe="fast"),
+}
+
+
+def _b2_level() -> float:
+    # The CIFAR-10 study compared against B2 (compound). Its single-dimension models sat at
+    # ~1.8x B2's FLOPs; we match all of them to B2's MACs instead.
+    return round(profile("b2").macs / profile("b0").macs, 2)
+
+
+PRESETS = {
+    "quick": {},
+    "seed": dict(base="b0", data="cifar10", stem_stride=2, recipe="seed", epochs=35,
+                 levels=None, strategies=STRATEGIES),  # levels filled in by _b2_level()
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    base: str = "b0@phi=-6,r=0.1652"
+    data: str = "digits"
+    data_dir: str | None = None
+    recipe: str | None = None
+    levels: tuple[float, ...] = ()
+    phis: tuple[float, ...] = ()
+    strategies: tuple[str, ...] = STRATEGIES
+    seeds: int = 2
+    epochs: int = 3
+    stem_stride: int = 1
+    subset: int | None = None
+    val_subset: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    jobs: int | None = None      # None: one per GPU, else one per CPU core (1 thread each)
+    coefficients: tuple[float, float, float] | None = None
+    max_mismatch: float = 0.02   # refuse a plan whose MACs miss the level by more than this
+    device: str | None = None
+    precision: str | None = None
+    preset: str | None = None
+    out: str = "runs/study"
+    train: dict = field(default_factory=dict)  # any other training-engine keys, passed through
+
+    def as_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+CONFIG_KEYS = tuple(f.name for f in fields(StudyConfig))
+
+
+def parse_floats(text, what: str) -> tuple[float, ...]:
+    """'2,4' or [2, 4] -> (2.0, 4.0); one clear error otherwise."""
+    if text is None:
+        return ()
+    items = text.split(",") if isinstance(text, str) else list(text)
+    values = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: {item!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{what}: {item!r} is not finite")
+        values.append(value)
+    return tuple(values)
+
+
+def parse_strategies(text) -> tuple[str, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text or ())
+    names = tuple(s.strip().lower() for s in items if str(s).strip())
+    for name in names:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    if not names:
+        raise ValueError(f"no strategies given; choose from {', '.join(STRATEGIES)}")
+    return tuple(s for s in STRATEGIES if s in names)  # canonical order, no duplicates
+
+
+def parse_coefficients(text) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    values = parse_floats(text, "coefficients")
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise ValueError(f"coefficients must be three positive numbers alpha,beta,gamma, "
+                         f"got {text!r}")
+    return values
+
+
+def resolve_config(file_values: dict | None = None, flags: dict | None = None) -> StudyConfig:
+    """Presets <- dataset defaults <- config file <- flags (later wins), validated.
+
+    `flags` holds only what the user set (None means unset). Pure apart from the B2 MACs
+    lookup of the seed preset.
+    """
+    file_values, flags = dict(file_values or {}), {k: v for k, v in (flags or {}).items()
+                                                   if v is not None}
+    unknown = sorted(set(file_values) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown study config key(s): {', '.join(unknown)}; known: "
+                         f"{', '.join(CONFIG_KEYS)}")
+    preset = flags.get("preset", file_values.get("preset"))
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    preset_values = dict(PRESETS.get(preset or "quick", {}))
+    if preset == "seed":
+        preset_values["levels"] = (_b2_level(),)
+    data = flags.get("data", file_values.get("data", preset_values.get("data", "digits")))
+    values: dict = {}
+    defaults = dict(DATA_DEFAULTS.get(data, DATA_DEFAULTS["cifar10"]))
+    recipe = flags.get("recipe", file_values.get("recipe", preset_values.get("recipe")))
+    if recipe is not None and recipe != defaults.get("recipe"):
+        for key in ("lr", "batch_size", "train"):  # tuned for the default recipe only
+            defaults.pop(key, None)
+    for layer in (defaults, preset_values, file_values, flags):
+        # levels and phis are two spellings of one thing: a layer that gives one of them
+        # replaces both (a --phis flag overrides a file's levels)
+        if "levels" in layer or "phis" in layer:
+            values["levels"], values["phis"] = (), ()
+        values.update({k: v for k, v in layer.items() if v is not None})
+    values["data"] = data
+    values["levels"] = parse_floats(values.get("levels"), "levels")
+    values["phis"] = parse_floats(values.get("phis"), "phis")
+    values["strategies"] = parse_strategies(values.get("strategies", STRATEGIES))
+    values["coefficients"] = parse_coefficients(values.get("coefficients"))
+    config = StudyConfig(**{k: v for k, v in values.items() if k in CONFIG_KEYS})
+    validate(config)
+    return config
+
+
+def validate(config: StudyConfig) -> None:
+    parse_name(config.base)  # raises ValueError naming the problem
+    if config.levels and config.phis:
+        raise ValueError("give FLOPs levels (--levels 2,4) or phis (--phis 1,2), not both")
+    needs_levels = any(s != "baseline" for s in config.strategies)
+    if needs_levels and not (config.levels or config.phis):
+        raise ValueError("no FLOPs levels: give --levels 2,4 (multiples of the base's MACs) "
+                         "or --phis 1,2")
+    for level in config.levels:
+        if level <= 0:
+            raise ValueError(f"levels must be > 0 (multiples of the base's MACs), got {level:g}")
+    if int(config.seeds) != config.seeds or config.seeds < 1:
+        raise ValueError(f"seeds must be a whole number >= 1, got {config.seeds}")
+    if int(config.epochs) != config.epochs or config.epochs < 1:
+        raise ValueError(f"epochs must be a whole number >= 1, got {config.epochs}")
+    if config.jobs is not None and config.jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {config.jobs}")
+    if config.stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {config.stem_stride}")
+    if not 0 < config.max_mismatch < 1:
+        raise ValueError(f"max_mismatch must be in (0, 1), got {config.max_mismatch}")
+    if config.data not in DATASETS and not config.data.startswith("imagefolder:"):
+        raise ValueError(f"unknown dataset {config.data!r}; choose from "
+                         f"{', '.join(DATASETS)} or imagefolder:PATH")
+
+
+# -- the plan (pure) ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlannedModel:
+    strategy: str
+    level: str            # label: "1" (baseline), "2", "4" (x base MACs) or "phi1"
+    model: str
+    target_macs: int
+    macs: int
+    params: int
+    resolution: int
+    d: float              # depth, width, resolution multipliers relative to the base
+    w: float
+    r: float
+
+    @property
+    def ratio(self) -> float:
+        return self.macs / self.target_macs
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    key: str              # run directory name under runs/
+    seed: int
+    model: PlannedModel
+
+
+def dataset_shape(data: str, data_dir: str | None = None) -> tuple[int, int]:
+    """(num_classes, in_chans) of a dataset, without loading it when it is built in."""
+    if data in DATASETS:
+        return DATASETS[data]
+    from .data import load_data  # imagefolder: the class list lives on disk
+    info = load_data(data, data_dir=data_dir).info
+    return info.num_classes, info.in_chans
+
+
+def compound_base(base: Variant, coefficients=None) -> Variant:
+    """The base that compound scaling adds phi to.
+
+    A base given with res=... (pixels) or with phi under other coefficients is re-expressed as
+    d/w/r multipliers at phi=0, so that phi scales *from the base itself* with the study's
+    coefficients (a fixed res would otherwise stop gamma from scaling the resolution)."""
+    a, b, g = coefficients or (base.alpha, base.beta, base.gamma)
+    if base.res is None and (base.phi == 0 or (a, b, g) == (base.alpha, base.beta, base.gamma)):
+        return base.with_(alpha=a, beta=b, gamma=g)
+    family = FAMILY[base.base]
+    return Variant(base.base, d=round(base.depth / family.depth, 6),
+                   w=round(base.width / family.width, 6),
+                   r=round(base.resolution / family.resolution, 6), alpha=a, beta=b, gamma=g)
+
+
+def _matched(base: Variant, dimension: str, target: float, macs, *, stem_stride, num_classes):
+    """match_flops, corrected for the input channels it does not know about (it assumes 3;
+    a 1-channel stem at stride 1 is a noticeable share of a tiny model): re-aim the target by
+    the candidate's own 3-vs-true-channel ratio until it stops moving, keep the closest."""
+    best, aim = None, float(target)
+    for _ in range(4):
+        m = match_flops(base, dimension, aim, stem_stride=stem_stride, num_classes=num_classes)
+        true = macs(m.name)
+        if best is None or abs(true / target - 1) < abs(best[1] / target - 1):
+            best = (m.name, true)
+        new_aim = target * m.macs / true
+        if abs(new_aim - aim) < 1:
+            break
+        aim = new_aim
+    return best[0]
+
+
+def level_label(value: float, kind: str = "level") -> str:
+    return f"phi{value:g}" if kind == "phi" else f"{value:g}"
+
+
+def plan_models(config: StudyConfig, num_classes: int, in_chans: int) -> list[PlannedModel]:
+    """Every (strategy, level) model with its MACs matched to the level's target. Pure."""
+    base = parse_name(config.base)
+    cbase = compound_base(base, config.coefficients)
+    stem = config.stem_stride
+
+    def prof(name):
+        return profile(name, num_classes=num_classes, stem_stride=stem, in_chans=in_chans)
+
+    def macs(name):
+        return prof(name).macs
+
+    base_prof = prof(base)
+
+    def planned(strategy, label, name, target):
+        p = prof(name)
+        v = parse_name(name)
+        return PlannedModel(strategy, label, str(name), int(round(target)), p.macs, p.params,
+                            p.resolution, round(v.depth / base.depth, 4),
+                            round(v.width / base.width, 4),
+                            round(p.resolution / base_prof.resolution, 4))
+
+    models = []
+    if "baseline" in config.strategies:
+        models.append(planned("baseline", "1", str(base), base_prof.macs))
+    levels = [(level_label(x), x * base_prof.macs, None) for x in config.levels]
+    for phi in config.phis:
+        name = str(cbase.with_(phi=round(cbase.phi + phi, 4)))
+        levels.append((level_label(phi, "phi"), macs(name), name))
+    for label, target, compound_name in levels:
+        for strategy in STRATEGIES[1:]:
+            if strategy not in config.strategies:
+                continue
+            if strategy == "compound":
+                name = compound_name or _matched(cbase, "compound", target, macs,
+                                                 stem_stride=stem, num_classes=num_classes)
+            else:
+                name = _matched(base, strategy, target, macs, stem_stride=stem,
+                                num_classes=num_classes)
+            models.append(planned(strategy, label, name, target))
+    return models
+
+
+def plan_runs(models: list[PlannedModel], seeds: int) -> list[PlannedRun]:
+    return [PlannedRun(f"{m.strategy}-L{m.level}-s{seed}", seed, m)
+            for m in models for seed in range(seeds)]
+
+
+def mismatches(models: list[PlannedModel], limit: float) -> list[str]:
+    """One line per model whose MACs miss its level's target by more than `limit`."""
+    out = []
+    for m in models:
+        if abs(m.ratio - 1) > limit:
+            why = "whole blocks" if m.strategy == "depth" else "channel/pixel rounding"
+            out.append(f"{m.strategy} at level {m.level}: {m.model} has {m.ratio:.3f}x the "
+                       f"target MACs ({(m.ratio - 1) * 100:+.1f}%; {why} allow no closer)")
+    return out
+
+
+def suggest_level(config: StudyConfig, level: float, num_classes: int, in_chans: int,
+                  window: int = 25) -> float | None:
+    """The level nearest `level` (0.01 steps, up to +-window%) at which every strategy matches
+    within max_mismatch, or None. Resolution moves MACs in jumps (a whole pixel more can add a
+    row to every stride-32 feature map: +10% at B0/352 px), so some levels have no match."""
+    for k in range(1, window + 1):
+        for candidate in (round(level * (1 + k / 100), 2), round(level * (1 - k / 100), 2)):
+            trial = StudyConfig(**{**config.__dict__, "levels": (candidate,), "phis": ()})
+            if not mismatches(plan_models(trial, num_classes, in_chans), config.max_mismatch):
+                return candidate
+    return None
+
+
+def train_config(config: StudyConfig, run: PlannedRun) -> dict:
+    """The training-engine config of one run (without out/resume)."""
+    cfg = dict(config.train)
+    cfg.update(model=run.model.model, data=config.data, seed=run.seed, epochs=config.epochs,
+               stem_stride=config.stem_stride, quiet=True)
+    for key in ("data_dir", "recipe", "subset", "val_subset", "batch_size", "lr", "device",
+                "precision"):
+        value = getattr(config, key)
+        if value is not None:
+            cfg[key] = value
+    return cfg
+
+
+# -- the runner (shared with effscale search) -----------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    out: Path          # the run directory
+    config: dict       # training-engine config, without out / resume
+
+
+def run_status(out: Path) -> str:
+    """'finished', 'partial' (something to resume) or 'new'."""
+    summary = Path(out) / "summary.json"
+    if summary.is_file():
+        try:
+            if json.loads(summary.read_text()).get("status") == "finished":
+                return "finished"
+        except (OSError, ValueError):
+            pass
+    if Path(out).is_dir() and any(Path(out).iterdir()):
+        return "partial"
+    return "new"
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _gpu_count(device: str | None) -> int:
+    if device is not None and not str(device).startswith("cuda") and device != "auto":
+        return 0
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:  # no torch CUDA build: CPU only
+        return 0
+
+
+def auto_jobs(device: str | None = None) -> int:
+    """One worker per GPU, else one per CPU core: tiny models scale far better over processes
+    than over threads, and one thread per process is immune to the OpenMP spin-wait collapse
+    (measured 10x slower) that 2 threads per process suffer on a busy 2-core machine."""
+    return _gpu_count(device) or _cpu_count()
+
+
+def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
+             log_dir: Path | None = None, echo=print) -> dict:
+    """Train every job's run directory: skip finished, resume partial, train new.
+
+    parallel == 1 trains in this process. Otherwise each run is a worker process
+    (`python -m effscale.studies CONFIG_JSON`): one per visible GPU (CUDA_VISIBLE_DEVICES
+    pins it), or `parallel` on CPU with the cores split between them so N jobs do not
+    oversubscribe the machine. Returns {key: "finished" | "skipped" | "failed: ..."}.
+    A failed run does not stop the others; the caller reports them.
+    """
+    todo = []
+    results = {}
+    for job in jobs:
+        status = run_status(job.out)
+        if status == "finished":
+            results[job.key] = "skipped"
+        else:
+            todo.append((job, status == "partial"))
+    skipped = len(results)
+    if skipped:
+        echo(f"{skipped} of {len(jobs)} runs already finished: skipped")
+    if not todo:
+        return results
+    if parallel > 1:  # longest first: the slowest run does not start last and straggle
+        todo.sort(key=lambda item: -_cost(item[0].config))
+    gpus = _gpu_count(device)
+    workers = min(parallel, gpus) if gpus and parallel > 1 else parallel
+    workers = max(1, min(workers, len(todo)))
+    threads = max(1, _cpu_count() // workers)
+    start = time.time()
+    counter = {"done": 0}
+    lock = threading.Lock()
+    slots = list(range(gpus)) if gpus else []
+
+    def one(item):
+        job, resume = item
+        config = dict(job.config, out=str(job.out), resume=resume)
+        t0 = time.time()
+        try:
+            if workers == 1:
+                from .training import train
+                summary = train(config)
+            else:
+                with lock:
+                    gpu = slots.pop() if slots else None
+                try:
+                    summary = _run_worker(config, threads, gpu, log_dir, job.key)
+                finally:
+                    if gpu is not None:
+                        with lock:
+                            slots.append(gpu)
+            status = "finished"
+            top1 = summary.get("final_top1") if isinstance(summary, dict) else None
+            detail = f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # keep going: one bad run must not lose the others
+            status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            detail = status
+        with lock:
+            counter["done"] += 1
+            done = counter["done"]
+            elapsed = time.time() - start
+            eta = elapsed / done * (len(todo) - done)
+            echo(f"[{done}/{len(todo)}] {job.key} ({job.config.get('model')})"
+                 f"{' resumed' if resume else ''}: {detail} in {time.time() - t0:.0f}s"
+                 f" | elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+        return job.key, status
+
+    echo(f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) with "
+         f"{workers} worker{'s' if workers > 1 else ''}"
+         + (f", {threads} threads each" if workers > 1 and not gpus else ""))
+    if workers == 1:
+        for item in todo:
+            key, status = one(item)
+            results[key] = status
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            for key, status in pool.map(one, todo):
+                results[key] = status
+    return results
+
+
+def _cost(config: dict) -> float:
+    try:
+        return profile(config["model"], stem_stride=config.get("stem_stride", 2)).macs
+    except (KeyError, ValueError):
+        return 0.0
+
+
+def _run_worker(config: dict, threads: int, gpu: int | None, log_dir: Path | None,
+                key: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               EFFSCALE_THREADS=str(threads))
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    log_path = Path(log_dir or config["out"]) / f"{key}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        proc = subprocess.run([sys.executable, "-m", "effscale.studies", json.dumps(config)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"worker exited with {proc.returncode}: {tail[0]} (log: {log_path})")
+    return json.loads((Path(config["out"]) / "summary.json").read_text())
+
+
+def _worker_main(argv: list[str]) -> int:
+    import torch
+    torch.set_num_threads(int(os.environ.get("EFFSCALE_THREADS", "1")))
+    from .training import train
+    train(json.loads(argv[0]))
+    return 0
+
+
+# -- environment and the study file ---------------------------------------------------------
+
+def environment(device: str | None = None) -> dict:
+    """Versions and hardware, recorded with every study so a result says where it came from."""
+    from importlib import metadata
+    from . import __version__
+    env = {"python": platform.python_version(), "effscale": __version__,
+           "platform": platform.platform(), "cpus": _cpu_count()}
+    for package in ("torch", "torchvision", "numpy", "scipy", "matplotlib"):
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            env[package] = None
+    try:
+        import torch
+        if torch.cuda.is_available() and device != "cpu":
+            env["device"] = ", ".join(torch.cuda.get_device_name(i)
+                                      for i in range(torch.cuda.device_count()))
+            env["cuda"] = torch.version.cuda
+        else:
+            env["device"] = f"cpu ({_cpu_model()}, {_cpu_count()} cores)"
+    except ImportError:
+        env["device"] = "cpu"
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def current_command() -> str:
+    argv = list(sys.argv)
+    if argv and (argv[0].endswith("effscale") or argv[0].endswith("__main__.py")
+                 or argv[0] == "-m"):
+        return shlex.join(["effscale"] + argv[1:])
+    return shlex.join(argv)
+
+
+def load_study(study_dir: str | Path) -> dict:
+    path = Path(study_dir) / "study.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{study_dir} is not a study directory (no study.json)")
+    return json.loads(path.read_text())
+
+
+def _write_json(path: Path, value) -> None:
+    from .checkpoint import atomic_write
+
+    def write(tmp):
+        Path(tmp).write_text(json.dumps(value, indent=2) + "\n")
+    atomic_write(path, write)
+
+
+def _check_same_study(old: dict, runs: dict[str, dict]) -> None:
+    """Refuse to mix two different studies in one directory: a run whose training config
+    changed (other epochs, recipe, model...) would silently resume or skip the wrong thing."""
+    for key, run in old.get("runs", {}).items():
+        new = runs.get(key)
+        if new is None:
+            continue
+        before, after = run.get("train", {}), new["train"]
+        changed = sorted(k for k in set(before) | set(after)
+                         if before.get(k) != after.get(k) and k != "quiet")
+        if changed:
+            k = changed[0]
+            raise ValueError(f"{key} was planned with {k}={before.get(k)!r}, now "
+                             f"{after.get(k)!r}: this directory holds a different study; "
+                             f"use another --out")
+
+
+# -- the study ------------------------------------------------------------------------------
+
+def study(config: StudyConfig | dict | None = None, *, command: str | None = None,
+          dry_run: bool = False, report: bool = True, echo=print, **overrides) -> dict:
+    """Plan, train (resumably) and summarise a scaling study; returns a summary dict with
+    `out`, `conclusion`, `results` (rows) and `failed` (keys of runs that failed)."""
+    if isinstance(config, StudyConfig):
+        config = resolve_config({k: v for k, v in config.as_dict().items()}, overrides)
+    else:
+        config = resolve_config(config or {}, overrides)
+    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
+    models = plan_models(config, num_classes, in_chans)
+    far = mismatches(models, config.max_mismatch)
+    if far and config.preset == "seed" and config.levels == (_b2_level(),):
+        # the preset means "at about B2's MACs": take the nearest level that can be matched
+        level = suggest_level(config, config.levels[0], num_classes, in_chans)
+        if level is not None:
+            echo(f"note: B2's MACs ({config.levels[0]:g}x B0) cannot be matched within "
+                 f"{config.max_mismatch:.0%} ({far[0]}); using the nearest level that can: "
+                 f"{level:g}x")
+            config = StudyConfig(**{**config.__dict__, "levels": (level,)})
+            models = plan_models(config, num_classes, in_chans)
+            far = mismatches(models, config.max_mismatch)
+    if far:
+        hint = ""
+        bad_levels = sorted({m.level for m in models if abs(m.ratio - 1) > config.max_mismatch
+                             and not m.level.startswith("phi")}, key=float)
+        if bad_levels:
+            level = suggest_level(config, float(bad_levels[0]), num_classes, in_chans)
+            if level is not None:
+                hint = f" (level {level:g} can be matched)"
+        raise ValueError(f"FLOPs not matched within {config.max_mismatch:.0%}: {far[0]}"
+                         + (f" (and {len(far) - 1} more)" if len(far) > 1 else "")
+                         + f"; pick other levels{hint} or raise --max-mismatch")
+    runs = plan_runs(models, config.seeds)
+    out = Path(config.out)
+    run_entries = {r.key: {"strategy": r.model.strategy, "level": r.model.level,
+                           "seed": r.seed, "model": r.model.model,
+                           "train": train_config(config, r)} for r in runs}
+    old = load_study(out) if (out / "study.json").is_file() else {}
+    _check_same_study(old, run_entries)
+    commands = list(old.get("commands", []))
+    command = command or current_command()
+    if not commands or commands[-1] != command:
+        commands.append(command)
+    record = {
+        "kind": "study",
+        "config": config.as_dict(),
+        "num_classes": num_classes, "in_chans": in_chans,
+        "seeds": list(range(config.seeds)),
+        "models": [dict(asdict(m), ratio=round(m.ratio, 4)) for m in models],
+        "runs": run_entries,
+        "commands": commands,
+        "environment": environment(config.device),
+        "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    echo(f"study {out}: {len(models)} models x {config.seeds} seeds = {len(runs)} runs on "
+         f"{config.data}, {config.epochs} epochs each")
+    for m in models:
+        echo(f"  {m.strategy:>10} L{m.level:<6} {m.model:<34} {m.macs / 1e6:9.2f}M MACs "
+             f"({m.ratio:.3f}x target)  {m.params / 1e6:.2f}M params")
+    if config.seeds < 2:
+        echo("warning: 1 seed: no error bars and no significance test are possible")
+    if dry_run:
+        return {"out": str(out), "plan": record, "results": [], "conclusion": None,
+                "failed": []}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "study.json", record)
+    jobs = [Job(r.key, out / "runs" / r.key, run_entries[r.key]["train"]) for r in runs]
+    t0 = time.time()
+    statuses = run_jobs(jobs, parallel=config.jobs or auto_jobs(config.device), device=config.device,
+                        log_dir=out / "logs", echo=echo)
+    record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
+    _write_json(out / "study.json", record)
+    failed = [k for k, s in statuses.items() if s.startswith("failed")]
+    for key in failed:
+        echo(f"warning: {key} {statuses[key]}")
+    from .reporting import write_results
+    summary = write_results(out)
+    if report:
+        from .reporting import report as make_report
+        make_report(out, echo=echo)
+    summary.update(out=str(out), failed=failed, wall_time_s=record["wall_time_s"])
+    return summary
+
+
+if __name__ == "__main__":  # worker process of run_jobs
+    sys.exit(_worker_main(sys.argv[1:]))
