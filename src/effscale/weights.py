@@ -347,7 +347,7 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, torch.Tens
     if isinstance(weights, (str, Path)):
         where = str(weights)
         state, arch = _read_file(Path(weights))
-        hints += [Path(weights).name, arch or ""]
+        hints += [where, arch or ""]  # the whole path: hub caches name the model in a folder
     elif isinstance(weights, Mapping):
         where = "the state dict"
         state, arch = _unwrap(weights, where)
