@@ -222,8 +222,9 @@ def ranked_rows(record: dict, top1: dict) -> list[dict]:
                      "top1_mean": None if mean is None else round(mean, 3),
                      "top1_std": None if std is None else round(std, 3), "n": n})
     rows.sort(key=lambda r: (r["top1_mean"] is None, -(r["top1_mean"] or 0)))
-    for i, r in enumerate(rows):
-        r["rank"] = i + 1 if r["top1_mean"] is not None else None
+    for r in rows:  # competition ranking: ties share the better rank ("1, 2, 2, 4")
+        r["rank"] = None if r["top1_mean"] is None else 1 + sum(
+            1 for o in rows if o["top1_mean"] is not None and o["top1_mean"] > r["top1_mean"])
     return rows
 
 

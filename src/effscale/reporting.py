@@ -14,6 +14,7 @@ import csv
 import html
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -410,8 +411,9 @@ margin:2em auto;padding:0 1em;color:#1a1a1a;line-height:1.45}
 h1{font-size:1.6em;border-bottom:2px solid #d55e00;padding-bottom:.2em}
 h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;white-space:nowrap}
+th{background:#f3f3f3}td.n{text-align:right}
+.scroll{overflow-x:auto}
 tr:nth-child(even) td{background:#fafafa}
 figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
@@ -420,15 +422,27 @@ pre{background:#f6f6f6;padding:.7em;overflow-x:auto;font-size:.85em}
 """
 
 
+def _text(value) -> str:
+    """Escape for an HTML text node (quotes stay readable: they need no escaping there)."""
+    return html.escape(str(value), quote=False)
+
+
 def html_table(rows: list[dict]) -> str:
     # table.render has no HTML format; this is its HTML twin (same columns, same cells)
     if not rows:
         return "<p>(no rows)</p>"
     columns = list(rows[0])
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}"
-                                    f"</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    head = "".join(f"<th>{_text(str(c))}</th>" for c in columns)
+    def cell(value):
+        text = "" if value is None else str(value)
+        numeric = _NUMBER.match(text) is not None  # numbers right-aligned, words left
+        return ('<td class="n">' if numeric else "<td>") + _text(text) + "</td>"
+    body = "".join("<tr>" + "".join(cell(r.get(c)) for c in columns) + "</tr>" for r in rows)
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            f"</table></div>")
+
+
+_NUMBER = re.compile(r"^[-+]?[\d.]+(e[-+]?\d+)?(x|%)?( ± [\d.]+)?$")
 
 
 def _data_uri(path: Path) -> str:
@@ -438,25 +452,25 @@ def _data_uri(path: Path) -> str:
 
 def to_html(title: str, sections: list, root: Path) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+             f"<title>{_text(title)}</title>", f"<style>{CSS}</style></head><body>",
+             f"<h1>{_text(title)}</h1>"]
     for sec in sections:
         kind = sec[0]
         if kind == "h2":
-            parts.append(f"<h2>{html.escape(sec[1])}</h2>")
+            parts.append(f"<h2>{_text(sec[1])}</h2>")
         elif kind == "p":
-            parts.append(f"<p>{html.escape(sec[1])}</p>")
+            parts.append(f"<p>{_text(sec[1])}</p>")
         elif kind == "note":
-            parts.append(f'<p class="note">{html.escape(sec[1])}</p>')
+            parts.append(f'<p class="note">{_text(sec[1])}</p>')
         elif kind == "pre":
-            parts.append(f"<pre>{html.escape(sec[1])}</pre>")
+            parts.append(f"<pre>{_text(sec[1])}</pre>")
         elif kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in sec[1])
+            parts.append("<ul>" + "".join(f"<li>{_text(i)}</li>" for i in sec[1])
                          + "</ul>")
         elif kind == "table":
             parts.append(html_table(sec[1]))
         elif kind == "img":
             parts.append(f'<figure><img src="{_data_uri(sec[1])}" alt="{html.escape(sec[2])}">'
-                         f"<figcaption>{html.escape(sec[2])}</figcaption></figure>")
+                         f"<figcaption>{_text(sec[2])}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -1,0 +1,90 @@
+"""effscale search: the (alpha, beta) grid with gamma derived, a tiny real search on digits,
+and its best coefficients fed back to effscale study and to model names."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from effscale.coefsearch import candidates, gamma_for, parse_grid, ranked_rows
+from effscale.names import parse_name
+
+
+def test_grid_derives_gamma_and_skips_gamma_below_one():
+    grid = candidates((1.0, 1.2, 1.4), (1.0, 1.1, 1.2))
+    assert len(grid) == 9
+    for c in grid:
+        if c["skip"] is None:
+            assert c["alpha"] >= 1 and c["beta"] >= 1 and c["gamma"] >= 1
+            assert abs(c["alpha"] * c["beta"] ** 2 * c["gamma"] ** 2 / 2 - 1) <= 0.02
+    skipped = {(c["alpha"], c["beta"]): c["skip"] for c in grid if c["skip"]}
+    assert "gamma" in skipped[(1.4, 1.2)]  # 1.4 * 1.44 > 2: gamma would be < 1
+    assert gamma_for(1.2, 1.1) == round(math.sqrt(2 / (1.2 * 1.21)), 3)
+    assert parse_grid("1.0:1.2:0.1", "alphas") == (1.0, 1.1, 1.2)
+    assert parse_grid("1.05,1.15", "betas") == (1.05, 1.15)
+    with pytest.raises(ValueError, match="START:STOP:STEP"):
+        parse_grid("1.2:1.0:0.1", "alphas")
+
+
+def test_ranking_puts_unfinished_last_and_ranks_the_paper_point():
+    record = {"seeds": [0, 1], "base_macs": 100,
+              "points": [dict(alpha=a, beta=1.1, gamma=1.2, product=2.0, paper=p, model="m",
+                              params=1, macs=200) for a, p in ((1.1, False), (1.2, True),
+                                                               (1.3, False))]}
+    top1 = {"a1.1-b1.1-s0": 80, "a1.1-b1.1-s1": 82, "paper-s0": 85, "paper-s1": 86}
+    rows = ranked_rows(record, top1)
+    assert [r["alpha"] for r in rows] == [1.2, 1.1, 1.3]
+    assert rows[0]["paper"] and rows[0]["rank"] == 1 and rows[2]["rank"] is None
+    assert rows[1]["top1_mean"] == 81 and rows[1]["n"] == 2
+
+
+def test_bad_search_configs(run_cli, tmp_path):
+    code, out, err = run_cli("search", "--alphas", "1.5", "--betas", "1.3", "--out", tmp_path)
+    assert code == 2 and "no grid point" in err
+    code, out, err = run_cli("search", "--seeds", "0", "--out", tmp_path)
+    assert code == 2 and "seeds must be" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_tiny_search_end_to_end(run_cli, tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_study: one thread per process on a busy machine
+    try:
+        out = tmp_path / "search"
+        code, stdout, err = run_cli("search", "--alphas", "1.1,1.2", "--betas", "1.1",
+                                    "--seeds", "1", "--epochs", "1", "--subset", "200",
+                                    "--val-subset", "100", "--jobs", "1", "--out", out)
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0, err + stdout
+    record = json.loads((out / "search.json").read_text())
+    assert len(record["points"]) == 3 and sum(p["paper"] for p in record["points"]) == 1
+    for p in record["points"]:
+        v = parse_name(p["model"])
+        assert v.alpha == p["alpha"] and v.beta == p["beta"] and v.gamma == p["gamma"]
+    for name in ("search_results.csv", "search_results.md", "best_coefficients.json",
+                 "plots/heatmap.png", "plots/heatmap.svg", "report.html", "report.md"):
+        assert (out / name).is_file(), name
+    rows = (out / "search_results.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("rank,alpha,beta,gamma") and len(rows) == 4
+    md = (out / "search_results.md").read_text()
+    assert "paper's alpha=1.2, beta=1.1, gamma=1.15 ranks" in md.replace("The paper", "the paper")
+    assert "ranks" in stdout and "--coefficients" in stdout
+    best = json.loads((out / "best_coefficients.json").read_text())
+    assert best["alpha"] in (1.1, 1.2) and best["beta"] == 1.1
+
+    # the best coefficients feed straight back into a study and into a model name
+    code, plan_out, err = run_cli("study", "--coefficients", best["coefficients"], "--dry-run",
+                                  "--out", tmp_path / "study", "--max-mismatch", "0.2")
+    assert code == 0, err
+    compound = [line for line in plan_out.splitlines() if "compound" in line][0]
+    assert f"alpha={best['alpha']:g}" in compound and f"gamma={best['gamma']:g}" in compound
+    assert parse_name(f"b0@phi=2,alpha={best['alpha']},beta={best['beta']},"
+                      f"gamma={best['gamma']}").alpha == best["alpha"]
+
+    # re-running the same search trains nothing
+    code, stdout, err = run_cli("search", "--alphas", "1.1,1.2", "--betas", "1.1", "--seeds", "1",
+                                "--epochs", "1", "--subset", "200", "--val-subset", "100",
+                                "--jobs", "1", "--out", out)
+    assert code == 0 and "3 of 3 runs already finished: skipped" in stdout
