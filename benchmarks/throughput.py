@@ -121,36 +121,36 @@ class Candidate:
     scaler: torch.amp.GradScaler
 
 
-def train_images_per_s(c: Candidate, x, y, setup: Setup) -> float:
+def train_step(c: Candidate, x, y, setup: Setup) -> None:
     c.model.train()
+    with setup.autocast():
+        loss = F.cross_entropy(c.model(x), y)
+    c.optimizer.zero_grad(set_to_none=True)
+    c.scaler.scale(loss).backward()
+    c.scaler.step(c.optimizer)
+    c.scaler.update()
 
-    def step():
-        with setup.autocast():
-            loss = F.cross_entropy(c.model(x), y)
-        c.optimizer.zero_grad(set_to_none=True)
-        c.scaler.scale(loss).backward()
-        c.scaler.step(c.optimizer)
-        c.scaler.update()
 
+def infer_step(c: Candidate, x, setup: Setup) -> None:
+    c.model.eval()
+    with torch.inference_mode(), setup.autocast():
+        c.model(x)
+
+
+def images_per_s(step, batch: int, setup: Setup) -> float:
     step()  # warm-up: allocator, kernels, lazy optimizer state
     setup.sync()
     start = time.perf_counter()
     for _ in range(setup.steps):
         step()
     setup.sync()
-    return setup.steps * x.shape[0] / (time.perf_counter() - start)
+    return setup.steps * batch / (time.perf_counter() - start)
 
 
-def infer_images_per_s(c: Candidate, x, setup: Setup) -> float:
-    c.model.eval()
-    with torch.inference_mode(), setup.autocast():
-        c.model(x)
-        setup.sync()
-        start = time.perf_counter()
-        for _ in range(setup.steps):
-            c.model(x)
-        setup.sync()
-    return setup.steps * x.shape[0] / (time.perf_counter() - start)
+def peak_bytes(step, memory: PeakMemory) -> int | None:
+    memory.start()
+    step()
+    return memory.peak()
 
 
 def run(args) -> dict[str, dict[str, list]]:
@@ -171,33 +171,50 @@ def run(args) -> dict[str, dict[str, list]]:
         scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
         candidates.append(Candidate(name, model, optimizer, scaler))
 
-    memory = PeakMemory(device)
-    results = {c.name: {"train": [], "infer": [], "train_mem": [], "infer_mem": []}
-               for c in candidates}
-    for round_ in range(args.rounds):
-        for c in candidates:  # interleaved: A B C, A B C, ...
-            memory.start()
-            results[c.name]["train"].append(train_images_per_s(c, x, y, setup))
-            results[c.name]["train_mem"].append(memory.peak())
-        for c in candidates:
-            memory.start()
-            results[c.name]["infer"].append(infer_images_per_s(c, x, setup))
-            results[c.name]["infer_mem"].append(memory.peak())
-        print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
+    results = {c.name: {"train": [], "infer": []} for c in candidates}
+    # Round 0 is a warm-up and is not counted: whoever runs first would otherwise pay for
+    # process-wide first-use costs (thread pool, kernel caches) alone.
+    for round_ in range(args.rounds + 1):
+        for kind in ("train", "infer"):
+            for c in candidates:  # interleaved: A B C, A B C, ...
+                step = ((lambda: train_step(c, x, y, setup)) if kind == "train"
+                        else (lambda: infer_step(c, x, setup)))
+                results[c.name][kind].append(images_per_s(step, args.batch, setup))
+        label = f"round {round_}/{args.rounds}" if round_ else "warm-up round (not counted)"
+        print(f"{label}: " + ", ".join(
             f"{c.name} {results[c.name]['train'][-1]:.1f}/{results[c.name]['infer'][-1]:.1f}"
             for c in candidates) + " img/s (train/infer)", flush=True)
+    for r in results.values():
+        r["train"], r["infer"] = r["train"][1:], r["infer"][1:]
+
+    # Memory last, in its own passes: on CPU its allocator settings (every large block mapped
+    # and unmapped on its own) cost system time that must not slow the timed rounds. Two
+    # passes in opposite orders, keeping each library's smaller peak, so that no library is
+    # charged for allocations an earlier one left behind.
+    memory = PeakMemory(device)
+    for c in candidates + candidates[::-1]:
+        r = results[c.name]
+        for kind, step in (("train_mem", lambda: train_step(c, x, y, setup)),
+                           ("infer_mem", lambda: infer_step(c, x, setup))):
+            peak = peak_bytes(step, memory)
+            r[kind] = peak if r.get(kind) is None else min(r[kind], peak)
     return results
 
 
 # ---- reporting -------------------------------------------------------------------------------
 
-def _mib(values: list) -> str:
-    known = [v for v in values if v is not None]
-    return f"{statistics.median(known) / 2**20:.0f}" if known else "n/a"
+def _mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.0f}"
 
 
-def report(results: dict, args) -> str:
-    lines = ["| library | train img/s (median) | train min-max | infer img/s (median) | "
+def _paired_ratio(ours: list[float], theirs: list[float]) -> float:
+    """Median over rounds of (ours / theirs) within a round: measurements taken seconds apart
+    share the machine's load, so pairing them cancels most of the drift between rounds."""
+    return statistics.median(a / b for a, b in zip(ours, theirs))
+
+
+def report(results: dict) -> str:
+    lines = ["| library | train img/s median | train min-max | infer img/s median | "
              "infer min-max | train peak MiB | infer peak MiB |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(
@@ -205,12 +222,14 @@ def report(results: dict, args) -> str:
             f"{max(r['train']):.1f} | {statistics.median(r['infer']):.1f} | "
             f"{min(r['infer']):.1f}-{max(r['infer']):.1f} | {_mib(r['train_mem'])} | "
             f"{_mib(r['infer_mem'])} |")
+    lines += ["", "ratios: median of per-round ratios (ratio of the medians in brackets)"]
     ours = results["effscale"]
-    lines.append("")
     for other in ("timm", "torchvision"):
-        ratios = [f"{kind} {statistics.median(ours[kind]) / statistics.median(results[other][kind]):.3f}x"
-                  for kind in ("train", "infer")]
-        lines.append(f"effscale/{other}: " + ", ".join(ratios))
+        theirs = results[other]
+        parts = [f"{kind} {_paired_ratio(ours[kind], theirs[kind]):.3f}x "
+                 f"({statistics.median(ours[kind]) / statistics.median(theirs[kind]):.3f}x)"
+                 for kind in ("train", "infer")]
+        lines.append(f"effscale/{other}: " + ", ".join(parts))
     return "\n".join(lines)
 
 
@@ -249,7 +268,7 @@ def main(argv=None) -> int:
           f"{args.rounds} rounds x {args.steps} steps, drop_path {DROP_PATH}, SGD momentum")
     results = run(args)
     print()
-    print(report(results, args))
+    print(report(results))
     return 0
 
 
