@@ -260,8 +260,8 @@ def write_search_results(search_dir) -> dict:
                            search_dir / "plots" / "heatmap",
                            paper=(PAPER[0], PAPER[1]),
                            best=(best["alpha"], best["beta"]) if best else None,
-                           title=f"{cfg['base']}@phi=1 on {cfg['data']}, {cfg['epochs']} "
-                                 f"epochs, gamma = sqrt(2 / (alpha beta^2))")
+                           title=f"{cfg['base']} at phi=1 on {cfg['data']}, "
+                                 f"{cfg['epochs']} epochs\ngamma = sqrt(2 / (alpha beta^2))")
     md = [f"# Coefficient search: {cfg['base']} on {cfg['data']}", "",
           render(display(rows), "markdown"), ""]
     if best_info:

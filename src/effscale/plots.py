@@ -106,7 +106,7 @@ def heatmap(alphas: list[float], betas: list[float], values: dict, stem: Path, *
             v = values.get((a, b))
             if v is not None:
                 grid[i, j] = v
-    fig = _figure(1.2 * len(betas) + 2.6, 0.9 * len(alphas) + 1.8)
+    fig = _figure(max(6.0, 1.2 * len(betas) + 2.6), max(3.6, 0.9 * len(alphas) + 1.8))
     ax = fig.add_subplot()
     masked = np.ma.masked_invalid(grid)
     image = ax.imshow(masked, cmap="viridis", origin="lower", aspect="auto")

@@ -45,7 +45,7 @@ DATASETS = {"digits": (10, 1), "fashion-mnist": (10, 1), "cifar10": (10, 3), "ci
 # digits: the quick study (`make run`): 1 level, 2 seeds, all 5 strategies, a tiny base at
 #   16 px with stem stride 1 whose level-2.5 variants all match within 2% (most tiny bases
 #   and levels cannot: whole blocks and whole pixels are coarse steps at this size). The seed
-#   recipe at lr 0.004 / batch 32 with a cosine decay reaches ~90% in 3-4 epochs; the fast
+#   recipe at lr 0.004 / batch 32 with a cosine decay reaches ~90% in 3 epochs; the fast
 #   recipe's default lr diverges on these tiny models, and the seed recipe's exponential decay
 #   ends a 3-epoch run at peak lr, where BN statistics swing the val accuracy by 50 points.
 # fashion-mnist: the real CPU study: 27 runs on the full 60k images. A 32 px base (28 px
@@ -54,7 +54,7 @@ DATASETS = {"digits": (10, 1), "fashion-mnist": (10, 1), "cifar10": (10, 3), "ci
 #   their MACs), so 2 epochs is what fits in about an hour on 2 cores (README, BENCHMARKS).
 # cifar10/100: B0 at 224 px like the paper and the CIFAR-10 study: a GPU job.
 DATA_DEFAULTS = {
-    "digits": dict(base="b0@phi=-6,r=0.1652", stem_stride=1, levels=(2.5,), epochs=4,
+    "digits": dict(base="b0@phi=-6,r=0.1652", stem_stride=1, levels=(2.5,), epochs=3,
                    recipe="seed", lr=0.004, batch_size=32,
                    train={"schedule": "cosine", "warmup_epochs": 0.5}),
     "fashion-mnist": dict(base="b0@phi=-10,r=0.5779", stem_stride=2, levels=(2.2, 3.4),
