@@ -16,7 +16,8 @@ Three things a state dict does not say, and how they are handled:
   caller says so (`source="tf_efficientnet_b0"`), or a file name or a timm checkpoint's `arch`
   says so; a bare state dict cannot reveal it. lukemelas models pad TF-"same" too; there is no
   other lukemelas layout, so they load with a warning: our logits equal theirs only at input
-  sizes where "same" padding is symmetric (odd sizes at every stride-2 layer: 33, 65, 129, 225...).
+  sizes where "same" padding is symmetric (odd sizes at every stride-2 layer: 33, 65, 129, 225...)
+  and lukemelas was built for that size (its padding is fixed by `image_size`).
 - num_batches_tracked. Some exports drop it; the model's own counters are kept then.
 """
 
