@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# Spinning OpenMP threads fight other processes on a small shared machine; passive waiting
+# costs nothing when the cores are free. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # The suite runs on 2 cores; keep torch from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
