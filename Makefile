@@ -2,6 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test install install-test clean
 
