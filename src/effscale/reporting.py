@@ -369,7 +369,7 @@ def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
         from .cams import compare_figure
         compare_figure([study_dir / "runs" / k for k, _ in chosen], cfg["data"], out_path,
                        images=images, method="gradcam",
-                       labels=[f"{r['strategy']}: {r['model']}" for _, r in chosen],
+                       labels=[r["strategy"] for _, r in chosen],  # it adds the model name
                        data_dir=cfg.get("data_dir"))
     except Exception as exc:  # CAMs are an extra: the report must still be written
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
