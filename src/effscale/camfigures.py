@@ -67,7 +67,8 @@ def grid_figure(result, out_path: str | Path, *, cols: int | None = None,
     n = len(result.maps)
     cols = cols or min(n, 4)
     rows = -(-n // cols)
-    fig = Figure(figsize=(CELL_INCHES * cols, (CELL_INCHES + 0.55) * rows + 0.5))
+    fig = Figure(figsize=(CELL_INCHES * cols, (CELL_INCHES + 0.55) * rows + 0.4),
+                 layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= n:
@@ -77,7 +78,6 @@ def grid_figure(result, out_path: str | Path, *, cols: int | None = None,
         _draw(ax, result.images[i], result.maps[i], frame=color)
         ax.set_xlabel(text, color=color, fontsize=8)
     fig.suptitle(title or _result_title(result), fontsize=9)
-    fig.tight_layout()
     return _save(fig, out_path)
 
 
@@ -88,7 +88,7 @@ def _result_title(result) -> str:
         extra = (f"; deletion AUC {result.deletion.cam_auc:.3f} "
                  f"(random {result.deletion.random_auc:.3f})")
     return (f"{result.model_name}: {result.method} on {result.layer} at "
-            f"{result.images.shape[1]} px; {acc}/{len(result.labels)} correct{extra}")
+            f"{result.images.shape[1]} px\n{acc}/{len(result.labels)} correct{extra}")
 
 
 def _resize(array: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -117,7 +117,8 @@ def comparison_figure(results: list, out_path: str | Path, *, titles: list[str],
             raise ValueError("the models were shown different images (labels differ)")
     size = display_size or min(MAX_DISPLAY, max(r.images.shape[1] for r in results))
     cols = len(results) + 1
-    fig = Figure(figsize=(CELL_INCHES * cols, (CELL_INCHES + 0.45) * n + 0.4))
+    fig = Figure(figsize=(CELL_INCHES * cols, (CELL_INCHES + 0.45) * n + 0.8),
+                 layout="constrained")
     axes = fig.subplots(n, cols, squeeze=False)
     # the image column at the finest resolution any model saw
     finest = max(results, key=lambda r: r.images.shape[1])
@@ -137,5 +138,4 @@ def comparison_figure(results: list, out_path: str | Path, *, titles: list[str],
         axes[i, 0].set_xlabel(f"true {first.class_name(first.labels[i])}", fontsize=8)
     fig.suptitle(f"{first.method}: what each model looks at (green = correct, red = wrong)",
                  fontsize=9)
-    fig.tight_layout()
     return _save(fig, out_path)
