@@ -6,6 +6,7 @@ written atomically. Change the look here: colour map, overlay strength, correct/
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ WRONG_COLOR = "#d73027"  # red
 CELL_INCHES = 1.9  # side of one image in the figure
 DPI = 100
 MAX_DISPLAY = 224  # common display side in comparisons (maps are upsampled to it)
+TITLE_CHARS = 30  # column titles wrap at this width
 
 
 def _draw(ax, image: np.ndarray, heat: np.ndarray | None, frame: str | None = None) -> None:
@@ -126,8 +128,9 @@ def comparison_figure(results: list, out_path: str | Path, *, titles: list[str],
     for c, r in enumerate(results, start=1):
         maps = _resize(r.maps[:n], size, "bilinear")
         images = _resize(r.images[:n], size, "bilinear")
-        axes[0, c].set_title(f"{titles[c - 1]}\n{r.model_name} @ {r.images.shape[1]} px\n"
-                             f"{r.layer}", fontsize=8)
+        header = [*textwrap.wrap(str(titles[c - 1]), TITLE_CHARS), r.model_name,
+                  f"{r.images.shape[1]} px, {r.layer}"]
+        axes[0, c].set_title("\n".join(header), fontsize=7)
         for i in range(n):
             text, color = _caption(r, i)
             _draw(axes[i, c], images[i], maps[i], frame=color)
