@@ -94,8 +94,9 @@ def profile(name_or_model, resolution: int | None = None, batch_size: int = 1, *
                    saved * BYTES[precision] * batch_size, batch_size, precision)
 
 
-def macs_of(name: str | Variant, *, stem_stride: int = 2, num_classes: int = 1000) -> int:
-    return profile(name, stem_stride=stem_stride, num_classes=num_classes).macs
+def macs_of(name: str | Variant, *, stem_stride: int = 2, num_classes: int = 1000,
+            in_chans: int = 3) -> int:
+    return profile(name, stem_stride=stem_stride, num_classes=num_classes, in_chans=in_chans).macs
 
 
 # -- matching FLOPs between strategies -------------------------------------------------------
@@ -131,7 +132,7 @@ def _variant(base: Variant, dimension: str, value: float | int) -> Variant:
 
 
 def match_flops(base: str | Variant, dimension: str, target_macs: float, *,
-                stem_stride: int = 2, num_classes: int = 1000) -> Match:
+                stem_stride: int = 2, num_classes: int = 1000, in_chans: int = 3) -> Match:
     """The variant of `base` scaled along one dimension whose MACs are closest to the target.
 
     depth, width and compound search a 0.01 grid of the multiplier (or of phi, added to the
@@ -156,8 +157,8 @@ def match_flops(base: str | Variant, dimension: str, target_macs: float, *,
     def macs_at(i: int) -> int | None:
         if i not in cache:
             try:
-                cache[i] = macs_of(_variant(variant, dimension, grid[i]),
-                                   stem_stride=stem_stride, num_classes=num_classes)
+                cache[i] = macs_of(_variant(variant, dimension, grid[i]), stem_stride=stem_stride,
+                                   num_classes=num_classes, in_chans=in_chans)
             except ValueError:  # e.g. a compound step that makes the resolution too small
                 cache[i] = None
         return cache[i]
@@ -176,6 +177,9 @@ def match_flops(base: str | Variant, dimension: str, target_macs: float, *,
     if not candidates:
         raise ValueError(f"no {dimension} variant of {variant} is valid near {target_macs:.3g} MACs")
     best = min(candidates, key=lambda i: (abs(macs_at(i) - target_macs), i))
+    # MACs are flat between rounding steps: name the smallest value that builds this network
+    while best > 0 and macs_at(best - 1) == macs_at(best):
+        best -= 1
     chosen = _variant(variant, dimension, grid[best])
     return Match(str(chosen), dimension, macs_at(best), int(target_macs),
                  macs_at(best) / target_macs)

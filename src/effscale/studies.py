@@ -268,23 +268,6 @@ def compound_base(base: Variant, coefficients=None) -> Variant:
                    r=round(base.resolution / family.resolution, 6), alpha=a, beta=b, gamma=g)
 
 
-def _matched(base: Variant, dimension: str, target: float, macs, *, stem_stride, num_classes):
-    """match_flops, corrected for the input channels it does not know about (it assumes 3;
-    a 1-channel stem at stride 1 is a noticeable share of a tiny model): re-aim the target by
-    the candidate's own 3-vs-true-channel ratio until it stops moving, keep the closest."""
-    best, aim = None, float(target)
-    for _ in range(4):
-        m = match_flops(base, dimension, aim, stem_stride=stem_stride, num_classes=num_classes)
-        true = macs(m.name)
-        if best is None or abs(true / target - 1) < abs(best[1] / target - 1):
-            best = (m.name, true)
-        new_aim = target * m.macs / true
-        if abs(new_aim - aim) < 1:
-            break
-        aim = new_aim
-    return best[0]
-
-
 def level_label(value: float, kind: str = "level") -> str:
     return f"phi{value:g}" if kind == "phi" else f"{value:g}"
 
@@ -300,6 +283,10 @@ def plan_models(config: StudyConfig, num_classes: int, in_chans: int) -> list[Pl
 
     def macs(name):
         return prof(name).macs
+
+    def matched(variant, dimension, target):
+        return match_flops(variant, dimension, target, stem_stride=stem,
+                           num_classes=num_classes, in_chans=in_chans).name
 
     base_prof = prof(base)
 
@@ -323,11 +310,9 @@ def plan_models(config: StudyConfig, num_classes: int, in_chans: int) -> list[Pl
             if strategy not in config.strategies:
                 continue
             if strategy == "compound":
-                name = compound_name or _matched(cbase, "compound", target, macs,
-                                                 stem_stride=stem, num_classes=num_classes)
+                name = compound_name or matched(cbase, "compound", target)
             else:
-                name = _matched(base, strategy, target, macs, stem_stride=stem,
-                                num_classes=num_classes)
+                name = matched(base, strategy, target)
             models.append(planned(strategy, label, name, target))
     return models
 
