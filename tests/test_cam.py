@@ -19,7 +19,13 @@ from effscale.data import Data, DatasetInfo, TensorSplit, load_data, make_loader
 CANVAS, SQUARE, MARGIN = 32, 6, 3
 COLOURS = torch.tensor([[220, 40, 40], [40, 200, 40], [50, 70, 230]], dtype=torch.float32)
 BOXES_MODEL = f"b0@w=0.25,d=0.25,res={CANVAS}"
-LOCALISING_LAYER = "3"  # 8x8 map; see test_localisation for why not the deeper 4x4 ones
+# Stage 3 (8x8 map at 32 px). Measured on this model (64 images, gradcam peak-in-box rate):
+# stages 1-3 0.92-1.0, stage 4 (4x4) 0.55, stage 5 (4x4, auto's pick) 0.20, stages 6-7 and
+# head (2x2) 0.11-0.22. With maps this small, a 5x5 depthwise kernel plus squeeze-excitation
+# spread the class evidence over the whole map in a briefly trained net, so the deep maps of
+# this tiny model do not localise: the test checks the pipeline (data, resizing, hooks,
+# targets) on a layer that can, not the auto rule (tested on its own below).
+LOCALISING_LAYER = "3"
 
 
 @pytest.fixture(scope="module", autouse=True)
