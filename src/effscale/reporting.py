@@ -14,7 +14,6 @@ import csv
 import html
 import json
 import math
-import re
 import time
 from pathlib import Path
 
@@ -428,21 +427,9 @@ def _text(value) -> str:
 
 
 def html_table(rows: list[dict]) -> str:
-    # table.render has no HTML format; this is its HTML twin (same columns, same cells)
     if not rows:
         return "<p>(no rows)</p>"
-    columns = list(rows[0])
-    head = "".join(f"<th>{_text(str(c))}</th>" for c in columns)
-    def cell(value):
-        text = "" if value is None else str(value)
-        numeric = _NUMBER.match(text) is not None  # numbers right-aligned, words left
-        return ('<td class="n">' if numeric else "<td>") + _text(text) + "</td>"
-    body = "".join("<tr>" + "".join(cell(r.get(c)) for c in columns) + "</tr>" for r in rows)
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
-            f"</table></div>")
-
-
-_NUMBER = re.compile(r"^[-+]?[\d.]+(e[-+]?\d+)?(x|%)?( ± [\d.]+)?$")
+    return f'<div class="scroll">{render(rows, "html")}</div>'
 
 
 def _data_uri(path: Path) -> str:
