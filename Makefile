@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 run: install
-	$(PY) -m effscale profile
+	$(PY) -m effscale study --out runs/study
 
 test: install-test
 	$(PY) -m pytest
