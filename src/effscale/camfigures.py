@@ -50,6 +50,8 @@ def _caption(result, i: int) -> tuple[str, str]:
     mark = "\u2713" if ok else "\u2717"
     text = (f"{mark} pred {result.class_name(result.predictions[i])} "
             f"{100 * result.confidences[i]:.0f}%\ntrue {result.class_name(result.labels[i])}")
+    if result.targets[i] != result.predictions[i]:  # --target true / CLASS: say what is shown
+        text += f"; map of {result.class_name(result.targets[i])}"
     return text, CORRECT_COLOR if ok else WRONG_COLOR
 
 

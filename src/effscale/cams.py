@@ -65,9 +65,9 @@ def small_map_advice(model, resolution: int | None = None) -> str:
     res = resolution or model.spec.resolution
     final = layer_sizes(model, res)[-1]
     need = _min_resolution(model.spec, model.stem_stride)
-    cures = [f"upsample the input to >= {need} px (e.g. res=224, the paper's B0 resolution, "
-             f"gives {_final_size(model.spec, 224, model.stem_stride)}x"
-             f"{_final_size(model.spec, 224, model.stem_stride)})"]
+    at_224 = _final_size(model.spec, 224, model.stem_stride)
+    cures = [f"upsample the input to >= {need} px (e.g. res=224, as the paper trains B0: "
+             f"{at_224}x{at_224})"]
     if model.stem_stride == 2:
         one = _final_size(model.spec, res, 1)
         cures.append(f"build the model with stem_stride=1 (final map {one}x{one} at {res} px, "
