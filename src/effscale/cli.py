@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = ("profile", "train", "evaluate", "study", "search", "cam", "report", "export")
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"effscale: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `effscale ... | head`: the reader left; exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("effscale: interrupted", file=sys.stderr)
         return 130
