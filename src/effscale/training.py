@@ -488,7 +488,7 @@ def train(config=None, **overrides) -> dict:
     state = read_state(state_path) if cfg.resume and state_path.is_file() else None
     if cfg.resume and state is None:
         log(f"resume: no state in {out}, starting from scratch")
-    if state is not None and state.get("finished") and (out / "summary.json").is_file():
+    if state is not None and state["epoch"] >= cfg.epochs and (out / "summary.json").is_file():
         log(f"{out} already finished")
         return json.loads((out / "summary.json").read_text())
     if state is None and dist.main and (out / "state.pt").exists():
@@ -588,9 +588,13 @@ def train(config=None, **overrides) -> dict:
     def save_state(epoch_: int, batch_: int, finished: bool = False) -> None:
         """The commit point. Every rank takes part (RNG states are gathered); rank 0 writes."""
         rngs = [rng_state()]
-        if dist.world_size > 1:
-            rngs = [None] * dist.world_size
-            torch.distributed.all_gather_object(rngs, rng_state())
+        if dist.world_size > 1:  # gathered as bytes: all_gather_object won't unpickle tensors
+            import io
+            buffer = io.BytesIO()
+            torch.save(rngs[0], buffer)
+            blobs = [None] * dist.world_size
+            torch.distributed.all_gather_object(blobs, buffer.getvalue())
+            rngs = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
         if not dist.main:
             return
         snapshot = dict(
@@ -716,10 +720,17 @@ def train(config=None, **overrides) -> dict:
             write_metrics(out / "metrics.csv", history)
 
     elapsed += time.monotonic() - started
+    checksums = None
+    if dist.world_size > 1:  # every rank must end with the same weights: record each one's sum
+        mine = float(sum(p.detach().double().sum().item() for p in raw_model.parameters()))
+        checksums = [None] * dist.world_size
+        torch.distributed.all_gather_object(checksums, mine)
     summary = None
     if dist.main:
         summary = _write_summary(out, cfg, raw_model, history, best_top1, best_epoch, elapsed,
-                                 "finished")
+                                 "finished", micro_batch=micro_batch,
+                                 accum_steps=math.ceil(per_rank_batch / micro_batch),
+                                 world_size=dist.world_size, param_checksums=checksums)
         if board is not None:
             board.close()
     if dist.world_size > 1:
@@ -768,7 +779,7 @@ def _cpu(state: dict) -> dict:
 
 
 def _write_summary(out: Path, cfg: Config, model, history, best_top1, best_epoch, wall_time,
-                   status) -> dict:
+                   status, **extra) -> dict:
     from .measure import profile
     prof = profile(model)
     final = history[-1] if history else {}
@@ -779,7 +790,7 @@ def _write_summary(out: Path, cfg: Config, model, history, best_top1, best_epoch
                    final_val_loss=final.get("val_loss"), params=prof.params, macs=prof.macs,
                    resolution=prof.resolution, wall_time_s=wall_time,
                    images_per_s=sum(rates) / len(rates) if rates else None, status=status,
-                   out=str(out))
+                   out=str(out), **extra)
     write_json(out / "summary.json", summary)
     return summary
 
