@@ -80,8 +80,8 @@ def test_evaluate_cli(digits_run, run_cli):
 def test_fashion_mnist_subset(tmp_path):
     summary = effscale.train(model="b0@phi=-6,res=16", data="fashion-mnist", stem_stride=1,
                              epochs=3, batch_size=64, subset=3000, val_subset=1000,
-                             out=str(tmp_path / "run"), quiet=True)
-    assert summary["final_top1"] >= 65
+                             lr_per_256=0.1, out=str(tmp_path / "run"), quiet=True)
+    assert summary["final_top1"] >= 60  # measured 66.5; chance is 10
 
 
 def _train_subprocess(out, extra=()):

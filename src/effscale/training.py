@@ -627,8 +627,8 @@ def train(config=None, **overrides) -> dict:
                              augment=augment, start_batch=start_batch, **loader_kw)
         progress.start(epoch, cfg.epochs, steps_per_epoch, start_batch)
         batch_index = start_batch
+        t0 = time.perf_counter()  # images/s counts producing the batch (data) and the step
         for images, labels in loader:
-            t0 = time.perf_counter()
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             if cfg.channels_last:
@@ -676,6 +676,7 @@ def train(config=None, **overrides) -> dict:
             step += 1
             batch_index += 1
             seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
             epoch_sums["images"] += images.shape[0] * dist.world_size
             epoch_sums["seconds"] += seconds
             progress.update(loss_value, images.shape[0] * dist.world_size / max(seconds, 1e-9))
