@@ -20,7 +20,7 @@ from pathlib import Path
 from .measure import profile
 from .names import ALPHA, BETA, GAMMA, parse_name
 from .studies import (DATASETS, Job, auto_jobs, _check_same_study, _write_json, compound_base,
-                      current_command, dataset_shape, environment, load_study, parse_floats,
+                      command_history, dataset_shape, environment, load_study, parse_floats,
                       run_jobs)
 from .table import render
 
@@ -163,10 +163,7 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
                 "paper": p["paper"], "model": p["model"], "train": train}
     old = load_search(out) if (out / "search.json").is_file() else {}
     _check_same_study(old, runs)
-    commands = list(old.get("commands", []))
-    command = command or current_command()
-    if not commands or commands[-1] != command:
-        commands.append(command)
+    commands = command_history(old, command)
     base_macs = profile(config.base, num_classes=num_classes, stem_stride=config.stem_stride,
                         in_chans=in_chans).macs
     record = {"kind": "search", "config": config.as_dict(), "grid": grid, "points": points,

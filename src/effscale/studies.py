@@ -565,6 +565,15 @@ def current_command() -> str:
     return shlex.join(argv)
 
 
+def command_history(old: dict, command: str | None = None) -> list[str]:
+    """The commands that built a study or search directory, this one appended if new."""
+    commands = list(old.get("commands", []))
+    command = command or current_command()
+    if not commands or commands[-1] != command:
+        commands.append(command)
+    return commands
+
+
 def load_study(study_dir: str | Path) -> dict:
     path = Path(study_dir) / "study.json"
     if not path.is_file():
@@ -639,10 +648,7 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
                            "train": train_config(config, r)} for r in runs}
     old = load_study(out) if (out / "study.json").is_file() else {}
     _check_same_study(old, run_entries)
-    commands = list(old.get("commands", []))
-    command = command or current_command()
-    if not commands or commands[-1] != command:
-        commands.append(command)
+    commands = command_history(old, command)
     record = {
         "kind": "study",
         "config": config.as_dict(),
