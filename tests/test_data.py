@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from effscale.data import (Augment, TensorSplit, default_augment, denormalize, load_data,
+from effscale.data import (Augment, default_augment, denormalize, load_data,
                            make_loader)
 from effscale.data.idx import read_idx, write_idx
 

@@ -2,14 +2,13 @@
 quick study on digits, and the computed conclusion."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from effscale import stats
-from effscale.studies import (StudyConfig, compound_base, mismatches, plan_models, plan_runs,
+from effscale.studies import (compound_base, mismatches, plan_models, plan_runs,
                               resolve_config, run_jobs, run_status, Job)
 from effscale.names import parse_name
 

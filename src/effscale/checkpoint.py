@@ -9,14 +9,13 @@ beside the raw weights under the prefix `ema.`. Nothing here can execute code on
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_write
 from .model import EfficientNet, create_model
 
 EMA_PREFIX = "ema."
@@ -29,29 +28,6 @@ def model_meta(model: EfficientNet, **extra) -> dict:
                 stem_stride=model.stem_stride, in_chans=model.in_chans, bn=model.bn,
                 drop_rate=model.drop_rate, drop_path_rate=model.spec.drop_path_rate,
                 resolution=model.spec.resolution, **extra)
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path), then rename over `path`: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_model_file(path: str | Path, model: EfficientNet, meta: dict,

@@ -17,10 +17,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .files import write_json
 from .measure import profile
 from .names import ALPHA, BETA, GAMMA, parse_name
-from .studies import (DATASETS, Job, auto_jobs, _check_same_study, _write_json, compound_base,
-                      command_history, dataset_shape, environment, load_study, parse_floats,
+from .studies import (DATASETS, Job, auto_jobs, _check_same_study, compound_base,
+                      command_history, dataset_shape, environment, parse_floats,
                       run_jobs)
 from .table import render
 
@@ -173,7 +174,7 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
               "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                               time.gmtime())}
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "search.json", record)
+    write_json(out / "search.json", record)
     echo(f"search {out}: {len(points)} candidates x {config.seeds} seeds on {config.data}, "
          f"{config.epochs} epochs each (proxy budget)")
     t0 = time.time()
@@ -181,7 +182,7 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
                         parallel=config.jobs or auto_jobs(config.device), device=config.device, log_dir=out / "logs",
                         echo=echo)
     record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
-    _write_json(out / "search.json", record)
+    write_json(out / "search.json", record)
     result = write_search_results(out)
     best = result["best"]
     if best:
@@ -250,7 +251,7 @@ def write_search_results(search_dir) -> dict:
         best_info = {"alpha": best["alpha"], "beta": best["beta"], "gamma": best["gamma"],
                      "top1": _pm(best), "model": best["model"],
                      "coefficients": f"{best['alpha']:g},{best['beta']:g},{best['gamma']:g}"}
-        _write_json(search_dir / "best_coefficients.json", best_info)
+        write_json(search_dir / "best_coefficients.json", best_info)
     cfg = record["config"]
     values = {(r["alpha"], r["beta"]): r["top1_mean"] for r in rows if not r["paper"]}
     figure = plots.heatmap(list(cfg["alphas"]), list(cfg["betas"]), values,

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write, load_model_file, model_meta
+from .checkpoint import load_model_file, model_meta
+from .files import atomic_write
 from .model import EfficientNet, create_model
 
 INPUT, OUTPUT = "images", "logits"

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .files import write_json
 from .measure import match_flops, profile
 from .names import Variant, parse_name
 from .spec import FAMILY
@@ -581,14 +582,6 @@ def load_study(study_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _write_json(path: Path, value) -> None:
-    from .checkpoint import atomic_write
-
-    def write(tmp):
-        Path(tmp).write_text(json.dumps(value, indent=2) + "\n")
-    atomic_write(path, write)
-
-
 def _check_same_study(old: dict, runs: dict[str, dict]) -> None:
     """Refuse to mix two different studies in one directory: a run whose training config
     changed (other epochs, recipe, model...) would silently resume or skip the wrong thing."""
@@ -671,13 +664,13 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
         return {"out": str(out), "plan": record, "results": [], "conclusion": None,
                 "failed": []}
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "study.json", record)
+    write_json(out / "study.json", record)
     jobs = [Job(r.key, out / "runs" / r.key, run_entries[r.key]["train"]) for r in runs]
     t0 = time.time()
     statuses = run_jobs(jobs, parallel=config.jobs or auto_jobs(config.device), device=config.device,
                         log_dir=out / "logs", echo=echo)
     record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
-    _write_json(out / "study.json", record)
+    write_json(out / "study.json", record)
     failed = [k for k, s in statuses.items() if s.startswith("failed")]
     for key in failed:
         echo(f"warning: {key} {statuses[key]}")

@@ -38,6 +38,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .ema import ModelEma
+from .files import atomic_write, write_json
 from .memory import parse_bytes, plan
 from .model import create_model
 from .names import model_spec
@@ -404,18 +405,13 @@ def evaluate_model(model, loader, *, device, amp, channels_last=False, tta_flip=
 
 # -- run directory -------------------------------------------------------------------------------
 
-def write_json(path: Path, value) -> None:
-    text = json.dumps(value, indent=2, default=str) + "\n"
-    ckpt.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def write_metrics(path: Path, history: list[dict]) -> None:
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
             writer.writeheader()
             writer.writerows(history)
-    ckpt.atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def read_state(path: Path) -> dict:
@@ -604,7 +600,7 @@ def train(config=None, **overrides) -> dict:
             rng=rngs, history=history, best_top1=best_top1, best_epoch=best_epoch,
             elapsed=elapsed + time.monotonic() - started, epoch_sums=dict(epoch_sums),
             micro_batch=micro_batch)
-        ckpt.atomic_write(state_path, lambda tmp: torch.save(snapshot, tmp))
+        atomic_write(state_path, lambda tmp: torch.save(snapshot, tmp))
 
     def save_model(path: Path, **extra) -> None:
         ckpt.save_model_file(path, raw_model, ckpt.model_meta(raw_model, **meta, **extra),
