@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .files import atomic_write
+
 # one colour and marker per strategy, the same in every figure (colour-blind safe palette)
 STYLE = {
     "baseline": ("#000000", "s"),
@@ -28,11 +30,12 @@ def _figure(width=6.4, height=4.4):
 
 def _save(fig, stem: Path) -> list[Path]:
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], format="png")
-    fig.savefig(paths[1], format="svg", metadata={"Date": None})  # reproducible bytes
+    # atomic like every other artifact: an interrupted report leaves no half-written image
+    atomic_write(paths[0], lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(paths[1], lambda tmp: fig.savefig(tmp, format="svg",
+                                                   metadata={"Date": None}))  # reproducible
     return paths
 
 
