@@ -321,3 +321,73 @@ def test_imagefolder_missing_paths(folder, tmp_path):
         load_data(f"imagefolder:{tmp_path}")
     with pytest.raises(ValueError, match="imagefolder:PATH"):
         load_data("imagefolder:")
+
+
+def _small_folder(root, train=60, val=5):
+    """root/{train,val}/{cat,dog}/NNN.png: 16x16 noise PNGs, `train` / `val` per class."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("val", val)):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i:03d}.png")
+    return root
+
+
+def test_imagefolder_skips_an_unreadable_file_and_names_it(tmp_path):
+    root = _small_folder(tmp_path)  # 120 good train images
+    (root / "train" / "cat" / "x.jpg").write_bytes(b"not an image")  # 1 of 121: under 1%
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image file") as record:
+        data = load_data(f"imagefolder:{root}")
+    assert len(record) == 1 and record[0].category.__name__ == "UnreadableImagesWarning"
+    message = str(record[0].message)
+    assert "\n" not in message and message.endswith("(train 1, val 0): train/cat/x.jpg")
+    assert data.train.skipped == ("train/cat/x.jpg",) and data.val.skipped == ()
+    assert len(data.train) == 120 and not any(p.endswith("x.jpg") for p, _ in data.train.samples)
+    # an epoch decodes in worker processes, in full batches
+    loader = make_loader(data.train, batch_size=40, resolution=16, train=True, num_workers=2)
+    assert [len(y) for _, y in batches(loader)] == [40, 40, 40]
+    # subsets come from the readable files
+    with pytest.warns(UserWarning, match="train/cat/x.jpg"):
+        assert len(load_data(f"imagefolder:{root}", subset=121).train) == 120
+
+
+def test_imagefolder_with_over_1_percent_unreadable_is_refused(tmp_path, run_cli):
+    root = _small_folder(tmp_path / "folder")
+    (root / "train" / "dog" / "y.jpg").write_bytes(b"")
+    (root / "train" / "cat" / "z.png").write_bytes((root / "train" / "cat" / "000.png")
+                                                  .read_bytes()[:60])  # truncated
+    with pytest.raises(ValueError) as refused:  # 2 of 122: 1.6%
+        load_data(f"imagefolder:{root}")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "2 of 122 train/ files are unreadable (1.6%" in message
+    assert "train/cat/z.png, train/dog/y.jpg; fix or delete them" in message
+    code, out, err = run_cli("train", "--data", f"imagefolder:{root}", "--out", tmp_path / "run",
+                             "--epochs", 1, "--device", "cpu", "--quiet")
+    assert code == 2 and out == ""
+    assert err.splitlines() == [f"effscale: error: {message}"]
+
+
+def test_readable_tells_truncated_and_non_images_apart(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from effscale.data.folder import readable
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    files = {}
+    for fmt in ("JPEG", "PNG", "BMP"):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, fmt)
+        files[fmt] = buffer.getvalue()
+    cases = {"good.jpg": files["JPEG"], "good.png": files["PNG"], "good.bmp": files["BMP"],
+             "trailing-bytes.jpg": files["JPEG"] + b"\0" * 20,  # still decodes
+             "truncated.jpg": files["JPEG"][:-40], "truncated.png": files["PNG"][:-40],
+             "truncated.bmp": files["BMP"][:-40], "header-only.jpg": files["JPEG"][:100],
+             "empty.jpg": b"", "text.jpg": b"hello"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        assert readable(str(tmp_path / name)) == name.startswith(("good", "trailing")), name
