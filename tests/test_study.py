@@ -121,8 +121,8 @@ def test_runner_skips_finished_and_resumes_partial(tmp_path, monkeypatch):
         (out / "summary.json").write_text(json.dumps(summary))
         return summary
 
-    import effscale.training
-    monkeypatch.setattr(effscale.training, "train", fake_train)
+    from effscale.train import engine
+    monkeypatch.setattr(engine, "train", fake_train)
     finished, partial = tmp_path / "a", tmp_path / "b"
     finished.mkdir()
     (finished / "summary.json").write_text(json.dumps({"status": "finished"}))
@@ -145,8 +145,8 @@ def test_runner_keeps_going_when_a_run_fails(tmp_path, monkeypatch):
         (Path(config["out"]) / "summary.json").write_text('{"status": "finished"}')
         return {"status": "finished"}
 
-    import effscale.training
-    monkeypatch.setattr(effscale.training, "train", fake_train)
+    from effscale.train import engine
+    monkeypatch.setattr(engine, "train", fake_train)
     jobs = [Job("x", tmp_path / "x", {"model": "bad"}), Job("y", tmp_path / "y", {"model": "ok"})]
     result = run_jobs(jobs, echo=lambda *a: None)
     assert result["x"].startswith("failed: RuntimeError: boom") and result["y"] == "finished"

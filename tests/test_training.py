@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import effscale
-from effscale.training import NonFiniteLossError, evaluate_model, read_state
+from effscale.train import NonFiniteLossError, evaluate_model, make_config, read_state, resolve
 
 from conftest import FASHION_DIR
 
@@ -171,7 +172,7 @@ def test_fine_tune_from_model_file(tmp_path):
     assert tuned.num_classes == 10 and meta["dataset"] == "digits"
     torch.testing.assert_close(tuned.stem.conv.weight, source.stem.conv.weight)
     # the paper recipe's transfer learning rate is its ImageNet one / 4
-    config = effscale.training.resolve(effscale.training.make_config(
+    config = resolve(make_config(
         recipe="paper", batch_size=256, pretrained=str(path)))
     assert config.lr == pytest.approx(0.016 / 4)
 
@@ -208,12 +209,111 @@ def test_bad_input_is_one_line_exit_2(run_cli, tmp_path, argv, message):
 def test_config_file_and_flags(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model": "b2", "epochs": 7, "batch-size": 16, "recipe": "seed"}))
-    cfg = effscale.training.resolve(effscale.training.make_config(str(path), epochs=3))
+    cfg = resolve(make_config(str(path), epochs=3))
     assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.optimizer) == ("b2", 3, 16, "rmsprop")
     assert cfg.lr == pytest.approx(0.016 * 16 / 256) and cfg.alpha == 0.9 and cfg.eps == 0.1
     toml = tmp_path / "c.toml"
     toml.write_text('[train]\nrecipe = "paper"\nlr = 0.5\n')
-    cfg = effscale.training.resolve(effscale.training.make_config(str(toml)))
+    cfg = resolve(make_config(str(toml)))
     assert cfg.optimizer == "rmsprop_tf" and cfg.lr == 0.5 and cfg.ema_decay == 0.9999
     with pytest.raises(ValueError, match="unknown config key"):
-        effscale.training.make_config(dict(nonsense=1))
+        make_config(dict(nonsense=1))
+
+
+def _timm_b0():
+    timm = pytest.importorskip("timm")
+    return timm.create_model("efficientnet_b0", pretrained=False, num_classes=1000), "conv_stem"
+
+
+def _lukemelas_b0():
+    efficientnet_pytorch = pytest.importorskip("efficientnet_pytorch")
+    return efficientnet_pytorch.EfficientNet.from_name("efficientnet-b0"), "_conv_stem"
+
+
+@pytest.mark.filterwarnings("ignore:lukemelas EfficientNet pads")
+@pytest.mark.parametrize("make_source, bn", [(_timm_b0, "torch"), (_lukemelas_b0, "tf")])
+def test_fine_tune_from_foreign_weights_on_gray_images_from_the_cli(run_cli, tmp_path,
+                                                                    make_source, bn):
+    # ImageNet-layout weights (1000 classes, 3 channels) into a 10-class model for the
+    # 1-channel digits: the gray channel is repeated to 3, every tensor but the classifier
+    # kept, BatchNorm eps as the source's (lukemelas: TF's 1e-3)
+    torch.manual_seed(0)
+    source, stem = make_source()
+    path = tmp_path / "efficientnet_b0.pth"
+    torch.save(source.state_dict(), path)
+    out = tmp_path / "ft"
+    code, _, err = run_cli("train", "--model", "b0@res=32", "--data", "digits", "--pretrained",
+                           path, "--epochs", "1", "--subset", "64", "--val-subset", "32",
+                           "--batch-size", "32", "--lr", "0", "--ema-decay", "0", "--out", out,
+                           "--quiet")
+    assert code == 0, err
+    from effscale.checkpoint import load_model_file
+    tuned, meta = load_model_file(out, use_ema=False)
+    assert (meta["in_chans"], meta["bn"], tuned.num_classes) == (3, bn, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lukemelas: TF-'same' padding
+        expected = effscale.load_weights(effscale.create_model("b0@res=32", 10, in_chans=3, bn=bn),
+                                         path, ignore_classifier=True)
+    tuned_params = dict(tuned.named_parameters())
+    compared = 0
+    for name, value in expected.named_parameters():  # lr 0: the weights are the file's
+        if not name.startswith("classifier."):
+            torch.testing.assert_close(tuned_params[name], value, rtol=0, atol=0)
+            compared += 1
+    assert compared == len(tuned_params) - 2
+    torch.testing.assert_close(tuned.stem.conv.weight, getattr(source, stem).weight, rtol=0, atol=0)
+    assert effscale.evaluate(out, subset=32)["n"] == 32  # evaluation repeats the gray channel too
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_resume_over_a_truncated_state_falls_back_to_the_previous_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    effscale.train(**dict(SMALL, subset=128), out=str(out))  # two epochs: two saves
+    before = metrics(out)
+    assert (out / "state.prev.pt").is_file() and read_state(out / "state.prev.pt")["epoch"] == 1
+    _truncate(out / "state.pt")
+    capsys.readouterr()
+    summary = effscale.train(out=str(out), resume=True, quiet=True)
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "state.prev.pt" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: state.pt is unreadable")
+    assert "Traceback" not in err
+    assert summary["status"] == "finished" and summary["epochs"] == 2
+    assert metrics(out) == before  # the second epoch ran again, to the same numbers
+    assert read_state(out / "state.pt")["finished"]
+    # the bad file was set aside, not rotated over the good previous state
+    assert (out / "state.unreadable.pt").is_file()
+    assert read_state(out / "state.prev.pt")["epoch"] == 1
+    # killed between the two renames of a save: only state.prev.pt is there
+    (out / "state.pt").unlink()
+    messages = []
+    from effscale.train import load_latest
+    assert load_latest(out, messages.append)["epoch"] == 1 and len(messages) == 1
+
+
+def test_resume_without_a_readable_state_is_one_line_exit_2(tmp_path, run_cli, capsys):
+    out = tmp_path / "run"
+    effscale.train(**dict(SMALL, epochs=1, subset=64), out=str(out))
+    assert not (out / "state.prev.pt").exists()  # one save: nothing to fall back to
+    _truncate(out / "state.pt")
+    before = (out / "metrics.csv").read_bytes()
+    capsys.readouterr()
+    code, _, err = run_cli("train", "--out", out, "--resume", "--quiet")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "cannot resume" in err and "state.pt" in err
+    assert (out / "metrics.csv").read_bytes() == before
+
+
+def test_a_one_by_one_final_map_warns_once_with_the_cures(tmp_path, capsys):
+    # b0 at 32 px with the usual stride-2 stem ends in 1x1 maps; stem stride 1 keeps 2x2
+    effscale.train(**dict(SMALL, model="b0@phi=-6,res=32", stem_stride=2, epochs=1, subset=64,
+                          val_subset=32), out=str(tmp_path / "run"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "1x1" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: the final feature map")
+    assert "stem_stride=1 (final map 2x2 at 32 px" in lines[0]
+    assert "upsample the input to >= 33 px" in lines[0]
+    from effscale.train.build import final_map_warning
+    assert final_map_warning(effscale.create_model(TINY, 10, stem_stride=1, in_chans=1)) is None

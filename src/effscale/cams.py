@@ -19,7 +19,7 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, Score
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .checkpoint import load_model_file, read_model_file
-from .spec import stage_resolutions
+from .spec import small_map_cures, stage_resolutions
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM,
            "eigencam": EigenCAM, "scorecam": ScoreCAM}
@@ -64,27 +64,9 @@ def small_map_advice(model, resolution: int | None = None) -> str:
     """The two cures for a too-small final map, with the numbers for this model."""
     res = resolution or model.spec.resolution
     final = layer_sizes(model, res)[-1]
-    need = _min_resolution(model.spec, model.stem_stride)
-    at_224 = _final_size(model.spec, 224, model.stem_stride)
-    cures = [f"upsample the input to >= {need} px (e.g. res=224, as the paper trains B0: "
-             f"{at_224}x{at_224})"]
-    if model.stem_stride == 2:
-        one = _final_size(model.spec, res, 1)
-        cures.append(f"build the model with stem_stride=1 (final map {one}x{one} at {res} px, "
-                     f">= {MIN_MAP_SIZE}x{MIN_MAP_SIZE} from {_min_resolution(model.spec, 1)} px)")
     return (f"the final feature map of {model.spec.name} is {final}x{final} at {res}x{res} input, "
-            f"too small for a CAM to localise; cures: " + "; or ".join(cures))
-
-
-def _final_size(spec, resolution: int, stem_stride: int) -> int:
-    return stage_resolutions(spec, resolution, stem_stride)[-1]
-
-
-def _min_resolution(spec, stem_stride: int) -> int:
-    res = MIN_MAP_SIZE
-    while _final_size(spec, res, stem_stride) < MIN_MAP_SIZE:
-        res += 1
-    return res
+            f"too small for a CAM to localise; "
+            + small_map_cures(model.spec, res, model.stem_stride, MIN_MAP_SIZE))
 
 
 def choose_layer(model, layer: str | int = "auto", resolution: int | None = None) -> LayerChoice:

@@ -8,8 +8,12 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path), then rename over `path`: a reader never sees half a file."""
+def atomic_write(path: str | Path, write, *, previous: str | Path | None = None) -> None:
+    """Call write(tmp_path), then rename over `path`: a reader never sees half a file.
+
+    With `previous`, the file `path` held so far is renamed to it just before the new one
+    takes its place: the last good version survives a new one that turns out unreadable. In
+    the instant between the two renames only `previous` exists."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -19,6 +23,8 @@ def atomic_write(path: str | Path, write) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -181,3 +181,30 @@ def stage_resolutions(spec: ModelSpec, resolution: int | None = None,
         size = conv_out(size, stage.kernel, stage.stride)
         sizes.append(size)
     return sizes
+
+
+def final_map_size(spec: ModelSpec, resolution: int | None = None, stem_stride: int = 2) -> int:
+    """Side of the last feature map (the head's input) at `resolution` px."""
+    return stage_resolutions(spec, resolution, stem_stride)[-1]
+
+
+def min_resolution(spec: ModelSpec, map_size: int, stem_stride: int = 2) -> int:
+    """The smallest input side that leaves a final feature map of map_size x map_size or more."""
+    res = map_size
+    while final_map_size(spec, res, stem_stride) < map_size:
+        res += 1
+    return res
+
+
+def small_map_cures(spec: ModelSpec, resolution: int, stem_stride: int, map_size: int) -> str:
+    """The two cures for a final feature map below map_size x map_size, with the numbers for
+    this model: a larger input, or a stride-1 stem."""
+    need = min_resolution(spec, map_size, stem_stride)
+    at_224 = final_map_size(spec, 224, stem_stride)
+    cures = [f"upsample the input to >= {need} px (e.g. res=224, as the paper trains B0: "
+             f"{at_224}x{at_224})"]
+    if stem_stride == 2:
+        one = final_map_size(spec, resolution, 1)
+        cures.append(f"build the model with stem_stride=1 (final map {one}x{one} at {resolution} "
+                     f"px, >= {map_size}x{map_size} from {min_resolution(spec, map_size, 1)} px)")
+    return "cures: " + "; or ".join(cures)

@@ -447,7 +447,7 @@ def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
         t0 = time.time()
         try:
             if workers == 1:
-                from .training import train
+                from .train.engine import train
                 summary = train(config)
             else:
                 with lock:
@@ -517,7 +517,7 @@ def _run_worker(config: dict, threads: int, gpu: int | None, log_dir: Path | Non
 def _worker_main(argv: list[str]) -> int:
     import torch
     torch.set_num_threads(int(os.environ.get("EFFSCALE_THREADS", "1")))
-    from .training import train
+    from .train.engine import train
     train(json.loads(argv[0]))
     return 0
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .names import model_spec
-from .spec import FAMILY
+from .spec import B0_STAGES, FAMILY
 
 EXAMPLES = 3  # mismatching keys quoted per kind in an error message
 TF_EPS, TORCH_EPS = 1e-3, 1e-5
@@ -238,13 +238,17 @@ def _refuse_tf_padding(hints: list[str]) -> None:
 
 # ---- translating and checking ---------------------------------------------------------------
 
-def _layout(state: dict, model: nn.Module) -> _Layout:
+def _prefixes(state: dict) -> frozenset[str]:
     prefixes = set()
     for key in state:
         parts = key.split(".")
         prefixes.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return frozenset(prefixes)
+
+
+def _layout(state: dict, model: nn.Module) -> _Layout:
     positions = tuple((s, j) for s, stage in enumerate(model.stages) for j in range(len(stage)))
-    return _Layout(frozenset(prefixes), len(model.stages), positions)
+    return _Layout(_prefixes(state), len(model.stages), positions)
 
 
 def _translate(state: dict, fmt: _Format, layout: _Layout) -> tuple[dict, dict, list]:
@@ -333,6 +337,35 @@ def _check_eps(fmt: _Format, variant: str | None, model: nn.Module) -> None:
 
 
 # ---- the entry point -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What a model must be built with to take some weights (see `weights_info`)."""
+    source: str          # the format: effscale, torchvision, timm or lukemelas
+    variant: str | None  # b0..b7 when the block count and head width match one
+    in_chans: int        # the stem conv's input channels (ImageNet weights: 3)
+    bn: str | None       # "tf" (BatchNorm eps 1e-3), "torch" (1e-5), None: the format can't say
+
+
+def weights_info(weights: str | Path | Mapping[str, torch.Tensor]) -> WeightsInfo:
+    """The format, variant, input channels and BatchNorm convention of weights (a file or a
+    state dict), read from the keys and shapes alone: build the model with `in_chans` and
+    `bn` (`create_model(..., in_chans=info.in_chans, bn=info.bn or "torch")`) to load them."""
+    if isinstance(weights, (str, Path)):
+        where = str(weights)
+        state, _ = _read_file(Path(weights))
+    else:
+        where = "the state dict"
+        state, _ = _unwrap(weights, where)
+    _check_tensors(state, where)
+    state = _strip_wrappers(state)
+    fmt = _detect(state, None, where)
+    layout = _Layout(_prefixes(state), len(B0_STAGES), ())  # stem and head need no blocks
+    variant = _variant_of(*_shape_of(state, fmt, _translate(state, fmt, layout)[0]))
+    tf = fmt.tf_eps(variant)
+    return WeightsInfo(fmt.name, variant, int(state[fmt.marker].shape[1]),  # marker: stem conv
+                       None if tf is None else "tf" if tf else "torch")
+
 
 def load_weights(model: nn.Module, weights: str | Path | Mapping[str, torch.Tensor], *,
                  source: str | None = None, ignore_classifier: bool = False) -> nn.Module:

@@ -1,4 +1,4 @@
-"""`effscale train`: flags after timm's train.py. Every flag is a key of training.Config; a
+"""`effscale train`: flags after timm's train.py. Every flag is a key of train.Config; a
 --config file (JSON or TOML) gives defaults, flags override it, the recipe fills the rest."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..training import NonFiniteLossError, train
+    from ..train.engine import NonFiniteLossError, train
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config_file")}
     try:

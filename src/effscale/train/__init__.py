@@ -1,0 +1,26 @@
+"""The training engine, `train(config, **overrides) -> summary`, and `evaluate(checkpoint)`.
+
+Modules, in the order a run uses them: config (the `Config` schema, reading and checking it),
+engine (`train`: setup, the epoch loop, the end of each epoch), state (`RunState`: what
+state.pt saves and resuming restores; RNG states; metrics.csv), build (the model, maybe from
+pretrained weights), steps (lr schedule, micro-batches, OOM retry), devices (precision,
+distributed), output (progress, TensorBoard, summary.json), evaluate (accuracy).
+
+`effscale.train` is the function `train`, not this package: import the package's modules as
+`from effscale.train import engine` (or names: `from effscale.train import Config`).
+"""
+
+from .config import PRECISIONS, RUNTIME_FIELDS, Config, make_config, read_config_file, resolve
+from .devices import Dist, autocast, resolve_precision, setup_distributed
+from .engine import NonFiniteLossError, Run, train
+from .state import (METRIC_FIELDS, PREVIOUS_STATE_FILE, STATE_FILE, RunState, load_latest,
+                    read_state, rng_state, seed_everything, set_rng_state, write_metrics)
+from .steps import apply_schedule, forward_backward, step_with_retry
+from .evaluate import evaluate, evaluate_model  # noqa: E402 - last: the function, not the module
+
+__all__ = ["Config", "Dist", "METRIC_FIELDS", "NonFiniteLossError", "PRECISIONS",
+           "PREVIOUS_STATE_FILE", "RUNTIME_FIELDS", "Run", "RunState", "STATE_FILE",
+           "apply_schedule", "autocast", "evaluate", "evaluate_model", "forward_backward",
+           "load_latest", "make_config", "read_config_file", "read_state", "resolve",
+           "resolve_precision", "rng_state", "seed_everything", "set_rng_state",
+           "setup_distributed", "step_with_retry", "train", "write_metrics"]

@@ -1,0 +1,203 @@
+"""What a run depends on: the `Config` schema, reading it (dict, JSON/TOML file, keywords),
+filling the recipe's values and checking every value before anything is loaded."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from ..memory import parse_bytes
+from ..names import model_spec
+from ..recipes import OPTIMIZERS, RECIPE_FIELDS, SCHEDULES, get_recipe
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run depends on, as plain values. None means "the recipe's value"."""
+    # what to train, on what, where to
+    model: str = "b0"
+    data: str = "digits"
+    data_dir: str | None = None
+    out: str | None = None               # run directory; default runs/<data>-<model>-s<seed>
+    recipe: str = "fast"
+    seed: int = 0
+    stem_stride: int = 2
+    in_chans: int | None = None          # default: the data's (or the pretrained model's)
+    pretrained: str | None = None        # model file or weights to fine-tune from
+    subset: int | None = None            # use only this many training images
+    val_subset: int | None = None
+    # recipe values (see recipes.py); None: take the recipe's
+    epochs: int | None = None
+    batch_size: int | None = None        # global batch (all ranks, all micro-batches)
+    lr: float | None = None              # None: lr_per_256 * batch_size / 256
+    lr_per_256: float | None = None
+    optimizer: str | None = None
+    momentum: float | None = None
+    alpha: float | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    decay_bn_bias: bool | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    warmup_start: float | None = None
+    decay_rate: float | None = None
+    decay_epochs: float | None = None
+    label_smoothing: float | None = None
+    ema_decay: float | None = None
+    drop_path_rate: float | None = None
+    autoaugment: str | None = None        # none, autoaugment or randaugment
+    flip: bool | None = None
+    crop_padding: int | None = None
+    cutout: int | None = None
+    grad_clip: float | None = None
+    pretrained_lr_scale: float | None = None
+    # speed and memory
+    device: str = "auto"                 # auto: cuda if available, else cpu
+    precision: str = "auto"              # auto: bf16 on GPUs that have it, else fp16; fp32 on CPU
+    compile: bool = False
+    channels_last: bool = True
+    grad_checkpointing: bool = False
+    memory_budget: str | float | None = None  # bytes or "8GB"; default: free CUDA memory
+    sync_bn: bool = False
+    workers: int = 4
+    eval_batch_size: int = 256
+    # safety and output
+    resume: bool = False
+    checkpoint_minutes: float = 10.0
+    checkpoint_steps: int = 0            # also checkpoint every N steps (0: off)
+    skip_nonfinite: bool = False
+    quiet: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# fields that change how a run is executed or logged, never its numbers
+RUNTIME_FIELDS = {"resume", "quiet", "device", "workers", "checkpoint_minutes",
+                  "checkpoint_steps", "compile", "eval_batch_size", "memory_budget"}
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """A JSON or TOML file of config keys (TOML: top level or a [train] table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such config file: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+            values = tomllib.loads(text)
+            values = values.get("train", values)
+        else:
+            values = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
+        raise ValueError(f"cannot parse config file {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold an object of config keys")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def make_config(config=None, **overrides) -> Config:
+    """Config from a Config, a dict or a config file path, then keyword overrides."""
+    if config is None:
+        values = {}
+    elif isinstance(config, Config):
+        values = config.as_dict()
+    elif isinstance(config, dict):
+        values = dict(config)
+    else:
+        values = read_config_file(config)
+    values.update(overrides)
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+    return Config(**values)
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill recipe values, the lr and the run directory; check every value."""
+    recipe = get_recipe(cfg.recipe)
+    filled = {k: getattr(recipe, k) for k in RECIPE_FIELDS if getattr(cfg, k) is None}
+    cfg = replace(cfg, **filled)
+    if cfg.lr is None:
+        scale = cfg.pretrained_lr_scale if cfg.pretrained else 1.0
+        cfg = replace(cfg, lr=cfg.lr_per_256 * cfg.batch_size / 256 * scale)
+    if cfg.out is None:
+        cfg = replace(cfg, out=str(Path("runs") / f"{_slug(cfg.data)}-{_slug(cfg.model)}-s{cfg.seed}"))
+    _check(cfg)
+    return cfg
+
+
+def run_config(config=None, overrides: dict | None = None) -> Config:
+    """The resolved config of a train() call: on resume of an existing run directory, its
+    saved config with what the caller gave explicitly on top."""
+    overrides = overrides or {}
+    cfg = resolve(make_config(config, **overrides))
+    if cfg.resume and (Path(cfg.out) / "config.json").is_file():
+        cfg = _resumed_config(Path(cfg.out), config, overrides)
+    return cfg
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in str(text)).strip("_")
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check(cfg: Config) -> None:
+    _need(isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    _need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1,
+          f"batch_size must be >= 1, got {cfg.batch_size}")
+    _need(cfg.lr >= 0 and math.isfinite(cfg.lr), f"lr must be >= 0, got {cfg.lr}")
+    _need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
+    _need(cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose {', '.join(SCHEDULES)}")
+    _need(cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    _need(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
+    _need(cfg.schedule != "step" or cfg.decay_epochs > 0, "schedule 'step' needs decay_epochs > 0")
+    _need(0 <= cfg.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    _need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    _need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    _need(cfg.subset is None or cfg.subset >= 1, f"subset must be >= 1, got {cfg.subset}")
+    _need(cfg.val_subset is None or cfg.val_subset >= 1, f"val_subset must be >= 1, got {cfg.val_subset}")
+    _need(cfg.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {cfg.stem_stride}")
+    _need(cfg.checkpoint_minutes > 0, f"checkpoint_minutes must be > 0, got {cfg.checkpoint_minutes}")
+    _need(cfg.checkpoint_steps >= 0, f"checkpoint_steps must be >= 0, got {cfg.checkpoint_steps}")
+    _need(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
+    parse_bytes(cfg.memory_budget)
+    model_spec(cfg.model, stem_stride=cfg.stem_stride)  # a bad name fails before data loads
+    if cfg.pretrained and not Path(cfg.pretrained).exists():
+        raise FileNotFoundError(f"no such pretrained weights file: {cfg.pretrained}")
+    if cfg.data_dir and not Path(cfg.data_dir).exists():
+        raise FileNotFoundError(f"no such data directory: {cfg.data_dir}")
+
+
+def _resumed_config(out: Path, config, overrides: dict) -> Config:
+    """The saved config, with what the caller gave explicitly on top (a warning when that
+    changes a value that affects the results)."""
+    saved = json.loads((out / "config.json").read_text())
+    if config is None:
+        given = {}
+    elif isinstance(config, Config):
+        defaults = Config()
+        given = {k: v for k, v in config.as_dict().items() if v != getattr(defaults, k)}
+    elif isinstance(config, dict):
+        given = dict(config)
+    else:
+        given = read_config_file(config)
+    given.update(overrides)
+    cfg = resolve(make_config(saved, **given))
+    changed = sorted(k for k in given if k not in RUNTIME_FIELDS and saved.get(k) != getattr(cfg, k))
+    if changed:
+        warnings.warn(f"resuming {out} with changed {', '.join(changed)}: the run will not "
+                      f"match an uninterrupted one", stacklevel=4)
+    return cfg

@@ -1,0 +1,73 @@
+"""Accuracy of a model on a loader (`evaluate_model`) and of a model file or run directory
+on a dataset's validation split (`evaluate`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import checkpoint as ckpt
+from .devices import Dist, all_reduce_sum, autocast, resolve_precision
+
+
+@torch.no_grad()
+def evaluate_model(model, loader, *, device, amp, channels_last=False, tta_flip=False,
+                   dist: Dist = Dist()) -> dict:
+    """top-1 / top-5 (percent), mean loss and image count, summed over ranks."""
+    was_training = model.training
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0.0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with amp:
+            logits = model(images).float()
+            if tta_flip:  # average probabilities of the image and its mirror
+                probs = (logits.softmax(1) + model(images.flip(3)).float().softmax(1)) / 2
+                logits = probs.log()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5 == labels[:, None]
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(1).sum().item()
+        count += labels.numel()
+    loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count],
+                                                         dist, device)
+    model.train(was_training)
+    count = max(count, 1)
+    return dict(top1=100 * correct1 / count, top5=100 * correct5 / count,
+                loss=loss_sum / count, n=int(count))
+
+
+def data_device(data_name: str, device: torch.device) -> torch.device | str:
+    """Where a dataset is loaded: in-memory datasets live on the training device as uint8 (and
+    are augmented there); image folders are decoded on the CPU."""
+    return "cpu" if str(data_name).startswith("imagefolder:") else device
+
+
+def evaluate(checkpoint, data=None, *, data_dir=None, tta_flip: bool = False, use_ema: bool = True,
+             batch_size: int = 256, device: str = "auto", subset=None) -> dict:
+    """top-1 / top-5 (percent), loss and image count of a model file or run directory on a
+    dataset's validation split (default: the dataset it was trained on)."""
+    from ..data import load_data, make_loader
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                          else "cpu" if device == "auto" else device)
+    model, meta = ckpt.load_model_file(checkpoint, use_ema=use_ema, map_location=device)
+    data = data or meta.get("dataset")
+    if not data:
+        raise ValueError(f"{checkpoint} does not say which dataset it was trained on; pass --data")
+    dataset = load_data(data, data_dir=data_dir or meta.get("data_dir"),
+                        device=data_device(data, device), val_subset=subset)
+    if dataset.info.num_classes != model.num_classes:
+        raise ValueError(f"{data} has {dataset.info.num_classes} classes but the model "
+                         f"predicts {model.num_classes}")
+    channels = model.in_chans if model.in_chans != dataset.info.in_chans else None
+    loader = make_loader(dataset.val, batch_size=batch_size, resolution=model.spec.resolution,
+                         train=False, seed=0, epoch=0, channels=channels, device=device)
+    amp = autocast(device, resolve_precision("auto", device))
+    result = evaluate_model(model, loader, device=device, amp=amp, tta_flip=tta_flip)
+    return dict(result, weights=meta["weights"], model=meta["model"], data=data)
