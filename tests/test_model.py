@@ -123,3 +123,19 @@ def test_bad_arguments():
         create_model("b0", drop_path_rate=1.5)
     with pytest.raises(ValueError, match="unknown base"):
         create_model("b99")
+
+
+def test_zero_init_starts_residual_blocks_as_identity_and_predicts_uniformly():
+    torch.manual_seed(0)
+    model = create_model("b0@phi=-4,res=32", num_classes=10).zero_init().eval()
+    residual = [b for stage in model.stages for b in stage if b.has_residual]
+    assert residual  # the test must see some
+    for block in residual:
+        x = torch.randn(2, block.project.bn.num_features, 8, 8)
+        assert torch.equal(block(x), x)
+    logits = model(torch.randn(3, 3, 32, 32))
+    assert torch.equal(logits, torch.zeros_like(logits))
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 4, 9]))
+    assert loss.item() == pytest.approx(math.log(10))
+    plain = create_model("b0@phi=-4,res=32", num_classes=10, drop_rate=0.0)  # TF init: not
+    assert plain(torch.randn(8, 3, 32, 32)).std() > 0.1  # uniform (train mode: batch stats)

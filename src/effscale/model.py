@@ -131,6 +131,21 @@ class EfficientNet(nn.Module):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
+    def zero_init(self) -> "EfficientNet":
+        """Zero the last BatchNorm scale of every residual block and the classifier's weights:
+        each block starts as the identity (Goyal et al. 2017, arXiv:1706.02677; torchvision's
+        `zero_init_residual`), so a deep stack trains like a shallow one at first, and the
+        first predictions are uniform (loss ln C) instead of TF's U(+-1/sqrt(C)) logits, which
+        on 10 classes start the loss at 3-5 and grow with the width. A training choice, not
+        TF's init: the fast recipe applies it. Digits, 10 epochs, seeds 0 / 1: depth-scaled
+        b0@d=3.99,r=0.1652,phi=-6 65.8 / 37.6% -> 96.2 / 94.7% (residual part alone);
+        width-scaled b0@w=1.89,r=0.1652,phi=-6 93.1 / 94.2% -> 98.0 / 98.7% (classifier)."""
+        for module in self.modules():
+            if isinstance(module, MBConv) and module.has_residual:
+                nn.init.zeros_(module.project.bn.weight)
+        nn.init.zeros_(self.classifier.weight)
+        return self
+
     def set_grad_checkpointing(self, enable: bool = True) -> "EfficientNet":
         """Recompute each block in backward. RNG state is saved and replayed by
         torch.utils.checkpoint, so stochastic-depth masks are identical on recompute."""

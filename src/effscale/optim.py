@@ -89,13 +89,20 @@ def create_optimizer(model: nn.Module, name: str, *, lr: float, momentum: float,
 
 def lr_at(step: int, *, peak: float, steps_per_epoch: int, epochs: int, schedule: str,
           warmup_epochs: float, warmup_start: float, decay_rate: float,
-          decay_epochs: float) -> float:
+          decay_epochs: float, warmup_fraction: float = 0.0) -> float:
     """The learning rate of optimizer step `step` (0-based): a pure function, so the schedule
-    needs no state beyond the step count and a resumed run gets exactly the same values."""
+    needs no state beyond the step count and a resumed run gets exactly the same values.
+
+    The warm-up is counted in steps: the longer of `warmup_epochs` epochs and
+    `warmup_fraction` of the run, a linear ramp from `warmup_start` x peak. A fraction keeps
+    the ramp long enough in steps on a tiny dataset (digits: 10 steps an epoch at batch 128),
+    where a one-epoch warm-up is over before BatchNorm's running statistics can follow."""
+    total = steps_per_epoch * epochs
+    warmup_steps = max(warmup_epochs * steps_per_epoch, warmup_fraction * total)
+    if step < warmup_steps:
+        return peak * (warmup_start + (1.0 - warmup_start) * step / warmup_steps)
     epoch = step / steps_per_epoch  # fractional epoch: the schedule moves every step
-    warmup = warmup_epochs
-    if epoch < warmup:
-        return peak * (warmup_start + (1.0 - warmup_start) * epoch / warmup)
+    warmup = warmup_steps / steps_per_epoch
     if schedule == "exponential":  # smooth x decay_rate per decay_epochs after warm-up
         return peak * decay_rate ** ((epoch - warmup) / (decay_epochs or 1.0))
     if schedule == "step":  # TF reference: staircase counted from step 0, warm-up overrides it
@@ -104,3 +111,13 @@ def lr_at(step: int, *, peak: float, steps_per_epoch: int, epochs: int, schedule
         span = max(epochs - warmup, 1e-9)
         return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (epoch - warmup) / span)))
     raise ValueError(f"unknown schedule {schedule!r}; choose exponential, step or cosine")
+
+
+def momentum_at(lr: float, *, peak: float, momentum: float, momentum_at_peak: float | None) -> float:
+    """Momentum cycled against the lr, as in OneCycle: `momentum` at lr 0, `momentum_at_peak`
+    at the peak, linear in between (None: constant). Less momentum while the lr is high keeps
+    the effective step lr / (1 - momentum) from peaking with it; that, with the low-start
+    warm-up, is what lets a high peak lr train small networks without outrunning BatchNorm."""
+    if momentum_at_peak is None or peak <= 0:
+        return momentum
+    return momentum + (momentum_at_peak - momentum) * min(1.0, lr / peak)

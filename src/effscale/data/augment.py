@@ -54,7 +54,7 @@ NO_AUGMENT = Augment()
 
 # Per dataset: padding about 1/8 of the side, as in the usual CIFAR recipe (4 px of 32).
 _DEFAULTS = {
-    "digits": Augment(crop_padding=1, flip=False),
+    "digits": Augment(crop_padding=0, flip=False),  # 1 px of 8 is a 12.5% shift: costs ~8 points
     "fashion-mnist": Augment(crop_padding=2, flip=True),
     "cifar10": Augment(crop_padding=4, flip=True),
     "cifar100": Augment(crop_padding=4, flip=True),

@@ -22,6 +22,8 @@ def build_model(cfg: Config, num_classes: int, data_in_chans: int, log) -> nn.Mo
                          stem_stride=cfg.stem_stride, in_chans=cfg.in_chans or in_chans, bn=bn)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained, num_classes, log)
+    elif cfg.zero_init:
+        model.zero_init()
     return model
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..memory import parse_bytes
 from ..names import model_spec
-from ..recipes import OPTIMIZERS, RECIPE_FIELDS, SCHEDULES, get_recipe
+from ..recipes import OPTIMIZERS, RECIPE_FIELDS, SCHEDULES, fit_batch, get_recipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -57,6 +57,10 @@ class Config:
     cutout: int | None = None
     grad_clip: float | None = None
     pretrained_lr_scale: float | None = None
+    warmup_fraction: float | None = None
+    momentum_at_peak: float | None = None
+    min_steps_per_epoch: int | None = None
+    zero_init: bool | None = None
     # speed and memory
     device: str = "auto"                 # auto: cuda if available, else cpu
     precision: str = "auto"              # auto: bf16 on GPUs that have it, else fp16; fp32 on CPU
@@ -121,12 +125,19 @@ def make_config(config=None, **overrides) -> Config:
     return Config(**values)
 
 
-def resolve(cfg: Config) -> Config:
-    """Fill recipe values, the lr and the run directory; check every value."""
+def resolve(cfg: Config, train_size: int | None = None) -> Config:
+    """Fill recipe values, the batch size, the lr and the run directory; check every value.
+
+    An unset batch size is the recipe's, fitted to the data (`fit_batch`) once `train_size`
+    is known; until then it and a batch-derived lr stay None. Resolving twice is harmless."""
     recipe = get_recipe(cfg.recipe)
-    filled = {k: getattr(recipe, k) for k in RECIPE_FIELDS if getattr(cfg, k) is None}
+    filled = {k: getattr(recipe, k) for k in RECIPE_FIELDS
+              if getattr(cfg, k) is None and k != "batch_size"}
     cfg = replace(cfg, **filled)
-    if cfg.lr is None:
+    if cfg.batch_size is None and train_size is not None:
+        cfg = replace(cfg, batch_size=fit_batch(recipe.batch_size, train_size,
+                                                cfg.min_steps_per_epoch))
+    if cfg.lr is None and cfg.batch_size is not None:
         scale = cfg.pretrained_lr_scale if cfg.pretrained else 1.0
         cfg = replace(cfg, lr=cfg.lr_per_256 * cfg.batch_size / 256 * scale)
     if cfg.out is None:
@@ -156,13 +167,16 @@ def _need(ok: bool, message: str) -> None:
 
 def _check(cfg: Config) -> None:
     _need(isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
-    _need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1,
+    _need(cfg.batch_size is None or isinstance(cfg.batch_size, int) and cfg.batch_size >= 1,
           f"batch_size must be >= 1, got {cfg.batch_size}")
-    _need(cfg.lr >= 0 and math.isfinite(cfg.lr), f"lr must be >= 0, got {cfg.lr}")
+    _need(cfg.lr is None or cfg.lr >= 0 and math.isfinite(cfg.lr), f"lr must be >= 0, got {cfg.lr}")
     _need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
     _need(cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose {', '.join(SCHEDULES)}")
     _need(cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     _need(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
+    _need(0 <= cfg.warmup_fraction <= 1, f"warmup_fraction must be in [0, 1], got {cfg.warmup_fraction}")
+    _need(cfg.momentum_at_peak is None or 0 <= cfg.momentum_at_peak < 1,
+          f"momentum_at_peak must be in [0, 1), got {cfg.momentum_at_peak}")
     _need(cfg.schedule != "step" or cfg.decay_epochs > 0, "schedule 'step' needs decay_epochs > 0")
     _need(0 <= cfg.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}")

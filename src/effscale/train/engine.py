@@ -22,6 +22,7 @@ is rewritten from the history inside it, so a kill at any moment leaves a consis
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -36,12 +37,12 @@ from .. import checkpoint as ckpt
 from ..ema import ModelEma
 from ..files import write_json
 from ..memory import plan
-from ..optim import create_optimizer, lr_at
+from ..optim import create_optimizer
 from .build import build_model, final_map_warning
-from .config import Config, run_config
+from .config import Config, resolve, run_config
 from .devices import (Dist, all_gather, all_reduce_sum, autocast, broadcast, resolve_precision,
                       setup_distributed)
-from .evaluate import data_device, evaluate_model
+from .evaluate import BN_IMAGES, data_device, evaluate_model, recompute_bn
 from .output import Progress, board_row, epoch_line, tensorboard_writer, write_summary
 from .state import (STATE_FILE, RunState, fresh_sums, has_state, load_latest, restore_rng,
                     seed_everything, sync_metrics, write_metrics)
@@ -72,7 +73,7 @@ class Run:
     loader_kw: dict                 # make_loader arguments shared by train and val loaders
     val_loader: Any
     steps_per_epoch: int
-    schedule: dict                  # lr_at keyword arguments
+    schedule: dict                  # apply_schedule's: lr_at keyword arguments and momentum
     meta: dict                      # what model files record besides the model
     board: Any                      # TensorBoard writer (main rank, if installed) or None
 
@@ -139,6 +140,7 @@ def setup(cfg: Config, dist: Dist, device: torch.device, progress: Progress,
     # data: in-memory datasets live on the device as uint8 and are augmented there
     data = load_data(cfg.data, data_dir=cfg.data_dir, device=data_device(cfg.data, device),
                      subset=cfg.subset, val_subset=cfg.val_subset, seed=cfg.seed)
+    cfg = resolve(cfg, train_size=len(data.train))  # the default batch depends on the data
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
@@ -226,7 +228,8 @@ def make_run(cfg: Config, dist: Dist, device: torch.device, progress: Progress, 
     schedule = dict(peak=cfg.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
                     schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
                     warmup_start=cfg.warmup_start, decay_rate=cfg.decay_rate,
-                    decay_epochs=cfg.decay_epochs)
+                    decay_epochs=cfg.decay_epochs, warmup_fraction=cfg.warmup_fraction,
+                    momentum=cfg.momentum, momentum_at_peak=cfg.momentum_at_peak)
     meta = dict(dataset=cfg.data, class_names=list(info.class_names), mean=list(info.mean),
                 std=list(info.std), data_dir=cfg.data_dir, recipe=cfg.recipe)
     return Run(cfg=cfg, dist=dist, device=device, progress=progress, data=data,
@@ -256,7 +259,7 @@ def run_epoch(run: Run, state: RunState) -> float:
                          epoch=state.epoch, augment=run.augment, start_batch=state.batch,
                          **run.loader_kw)
     run.progress.start(state.epoch, run.cfg.epochs, run.steps_per_epoch, state.batch)
-    lr = lr_at(state.step, **run.schedule)
+    lr = apply_schedule(state.optimizer, state.step, run.schedule)
     t0 = time.perf_counter()  # images/s counts producing the batch (data) and the step
     for images, labels in loader:
         images = images.to(run.device, non_blocking=True)
@@ -338,7 +341,11 @@ def skip_nonfinite(run: Run, state: RunState, loss_value: float) -> None:
 def end_epoch(run: Run, state: RunState, lr: float) -> None:
     """Evaluate, append the metrics row, then model files, the commit point, metrics.csv."""
     kw = dict(device=run.device, amp=run.amp, channels_last=run.cfg.channels_last, dist=run.dist)
-    val = evaluate_model(state.ema.module if state.ema else state.model, run.val_loader, **kw)
+    scored = state.ema.module if state.ema else state.model
+    if state.ema:  # the raw model's statistics are its own (they train with it); the EMA's not
+        recompute_bn(scored, bn_batches(run, state.epoch), channels_last=run.cfg.channels_last,
+                     dist=run.dist)
+    val = evaluate_model(scored, run.val_loader, **kw)
     raw_top1 = evaluate_model(state.model, run.val_loader, **kw)["top1"] if state.ema else val["top1"]
     sums = state.epoch_sums
     row = dict(epoch=state.epoch + 1, train_loss=sums["loss"] / max(sums["batches"], 1),
@@ -359,6 +366,15 @@ def end_epoch(run: Run, state: RunState, lr: float) -> None:
     state.save(run.out / STATE_FILE, run.dist, finished=state.epoch == run.cfg.epochs)
     if run.dist.main:
         write_metrics(run.out / "metrics.csv", state.history)
+
+
+def bn_batches(run: Run, epoch: int):
+    """Un-augmented training batches (this epoch's order) of about BN_IMAGES images."""
+    from ..data import make_loader
+    loader = make_loader(run.data.train, batch_size=run.per_rank_batch, train=True, epoch=epoch,
+                         **run.loader_kw)
+    count = math.ceil(BN_IMAGES / run.dist.world_size / run.per_rank_batch)
+    return itertools.islice(loader, count)
 
 
 def save_model(run: Run, state: RunState, path: Path, **extra) -> None:
@@ -382,7 +398,9 @@ def finish(run: Run, state: RunState) -> dict:
             run.out, run.cfg, state.model, state.history, state.best_top1, state.best_epoch,
             wall_time, "finished", micro_batch=state.micro_batch,
             accum_steps=math.ceil(run.per_rank_batch / state.micro_batch),
-            world_size=run.dist.world_size, param_checksums=checksums)
+            world_size=run.dist.world_size, param_checksums=checksums,
+            skipped_files=[*getattr(run.data.train, "skipped", ()),  # unreadable images
+                           *getattr(run.data.val, "skipped", ())])
         if run.board is not None:
             run.board.close()
     return broadcast(summary, run.dist)

@@ -10,6 +10,28 @@ from .. import checkpoint as ckpt
 from .devices import Dist, all_reduce_sum, autocast, resolve_precision
 
 
+BN_IMAGES = 1024  # training images that recompute the evaluated model's BatchNorm statistics
+
+
+@torch.no_grad()
+def recompute_bn(model, batches, *, channels_last: bool, dist: Dist = Dist()) -> None:
+    """Replace BatchNorm's running statistics by the exact mean and variance of `batches`
+    (torch.optim.swa_utils.update_bn), averaged over ranks. Running statistics lag the
+    weights by ~1 / momentum steps, and an EMA averages them out of step with its own
+    weights: early in a short run, at a high lr, the stored variance of deep layers can be
+    off by orders of magnitude, and eval-mode accuracy sits at chance while the weights
+    are already good. Fresh statistics measure the weights, not the lag."""
+    from torch.optim.swa_utils import update_bn
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    update_bn((images.contiguous(memory_format=layout) for images, _ in batches), model)
+    if dist.world_size > 1:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                for buffer in (module.running_mean, module.running_var):
+                    torch.distributed.all_reduce(buffer)
+                    buffer /= dist.world_size
+
+
 @torch.no_grad()
 def evaluate_model(model, loader, *, device, amp, channels_last=False, tta_flip=False,
                    dist: Dist = Dist()) -> dict:

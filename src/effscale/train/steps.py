@@ -6,15 +6,21 @@ import contextlib
 
 import torch
 
-from ..optim import lr_at
+from ..optim import lr_at, momentum_at
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, step: int, schedule: dict) -> float:
-    """Set the learning rate of `step` (lr_at(step, **schedule)) on every parameter group;
-    the one place per-step hyperparameters are set. Returns the lr."""
-    lr = lr_at(step, **schedule)
+    """Set the learning rate of `step` and the momentum cycled against it (`momentum_at`) on
+    every parameter group; the one place per-step hyperparameters are set. `schedule` holds
+    lr_at's keyword arguments plus `momentum` and `momentum_at_peak`. Returns the lr."""
+    lr_kwargs = {k: v for k, v in schedule.items() if k not in ("momentum", "momentum_at_peak")}
+    lr = lr_at(step, **lr_kwargs)
+    momentum = momentum_at(lr, peak=schedule["peak"], momentum=schedule["momentum"],
+                           momentum_at_peak=schedule["momentum_at_peak"])
     for group in optimizer.param_groups:
         group["lr"] = lr
+        if "momentum" in group:
+            group["momentum"] = momentum
     return lr
 
 
