@@ -44,16 +44,16 @@ def tensors(data: str, resolution: int, *, subset=None):
 
 def _folder_tensors(root: str, resolution: int):
     from torchvision import datasets, transforms
-    transform = transforms.Compose([
-        transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.ToTensor(),
-        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 
-    def stack(split):
+    def stack(split, size):  # val: effscale's eval transform, so both score the same images
+        transform = transforms.Compose([
+            transforms.Resize(size), transforms.CenterCrop(resolution), transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
         folder = datasets.ImageFolder(f"{root}/{split}", transform=transform)
         xs, ys = zip(*(folder[i] for i in range(len(folder))))
         return torch.stack(xs), torch.tensor(ys), len(folder.classes)
-    train_x, train_y, classes = stack("train")
-    val_x, val_y, _ = stack("val")
+    train_x, train_y, classes = stack("train", resolution)
+    val_x, val_y, _ = stack("val", round(resolution / 0.875))
     return train_x, train_y, val_x, val_y, classes, 3
 
 

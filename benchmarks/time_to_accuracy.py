@@ -7,7 +7,8 @@ top-1, wall time and end-to-end training images/s for both, on the same model an
     .venv/bin/python benchmarks/time_to_accuracy.py --cases folder --folder /tmp/folder64
 
 The reference loop runs at each lr of --ref-lrs (peak lr at batch 128) and the best mean is
-the yardstick: the engine must match the reference loop *at its best lr*, with no lr given.
+the yardstick; where the engine picked another batch (small data) the reference also runs at
+that batch, its best lr scaled linearly, for an images/s comparison at equal batch: the engine must match the reference loop *at its best lr*, with no lr given.
 Both sides train on the same split (the engine's: digits 1,347 / 450) and are scored on the
 same validation images; the engine's number is its final epoch's (EMA weights where it keeps
 them), never the best epoch's.
@@ -16,6 +17,7 @@ them), never the best epoch's.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -44,8 +46,10 @@ def run_engine(model, data, stem, epochs, seed) -> dict:
         kwargs = dict(epochs=epochs) if epochs else {}
         summary = effscale.train(model=model, data=data, stem_stride=stem, seed=seed, quiet=True,
                                  out=f"{out}/run", **kwargs)
-    return dict(top1=summary["final_top1"], wall_s=time.perf_counter() - started,
-                images_per_s=summary["images_per_s"], epochs=summary["epochs"])
+        wall = time.perf_counter() - started
+        batch = json.loads(Path(out, "run", "config.json").read_text())["batch_size"]
+    return dict(top1=summary["final_top1"], wall_s=wall, images_per_s=summary["images_per_s"],
+                epochs=summary["epochs"], batch=batch)
 
 
 def mean_sd(values) -> str:
@@ -64,22 +68,30 @@ def compare(case: str, folder: str | None, seeds: list[int], lrs: list[float]) -
     reference = {lr: [reference_loop.train(model, tensors, epochs=epochs, lr=lr, stem_stride=stem,
                                            seed=s) for s in seeds] for lr in lrs}
     best_lr = max(reference, key=lambda lr: statistics.mean(r["top1"] for r in reference[lr]))
+    batch = engine[0]["batch"]
     print(f"\n{case}: {model}, stem stride {stem}, {data}, {epochs} epochs, seeds "
           f"{','.join(map(str, seeds))}")
-    print(f"  {'':22s} {'top-1 %':>15s} {'wall s':>8s} {'img/s':>7s}")
-    rows = [("engine, defaults", engine)] + [
+    print(f"  {'':30s} {'top-1 %':>15s} {'wall s':>8s} {'img/s':>7s}")
+    rows = [(f"engine, defaults (batch {batch})", engine)] + [
         (f"reference lr {lr:g}" + (" (best)" if lr == best_lr else ""), runs)
         for lr, runs in reference.items()]
+    if batch != 128:  # the reference at the engine's batch too: images/s depends on the batch
+        rows.append((f"reference lr {best_lr * batch / 128:g}, batch {batch}", [
+            reference_loop.train(model, tensors, epochs=epochs, lr=best_lr * batch / 128,
+                                 batch_size=batch, stem_stride=stem, seed=s) for s in seeds]))
     for label, runs in rows:
-        print(f"  {label:22s} {mean_sd(r['top1'] for r in runs):>15s} "
+        print(f"  {label:30s} {mean_sd(r['top1'] for r in runs):>15s} "
               f"{statistics.median(r['wall_s'] for r in runs):8.0f} "
               f"{statistics.median(r['images_per_s'] for r in runs):7.0f}")
     gap = statistics.mean(r["top1"] for r in engine) - statistics.mean(
         r["top1"] for r in reference[best_lr])
     speed = statistics.median(r["images_per_s"] for r in engine) / statistics.median(
         r["images_per_s"] for r in reference[best_lr])
+    at_batch = rows[-1][1] if batch != 128 else reference[best_lr]
+    same_batch = statistics.median(r["images_per_s"] for r in engine) / statistics.median(
+        r["images_per_s"] for r in at_batch)
     print(f"  engine - best reference: {gap:+.2f} points; engine / reference images/s: "
-          f"{speed:.2f}x", flush=True)
+          f"{speed:.2f}x (at the engine's batch: {same_batch:.2f}x)", flush=True)
 
 
 def main(argv=None) -> None:

@@ -41,7 +41,8 @@ def digits_run(tmp_path_factory):
 @pytest.mark.slow
 def test_digits_clears_accuracy_bar_and_writes_run_directory(digits_run):
     out, summary = digits_run
-    assert summary["status"] == "finished" and summary["final_top1"] >= 80
+    # measured 98.9 / 97.8 / 98.0 (seeds 0-2); the previous defaults gave 95.1
+    assert summary["status"] == "finished" and summary["final_top1"] >= 96
     for name in ("config.json", "metrics.csv", "last.safetensors", "best.safetensors",
                  "state.pt", "summary.json"):
         assert (out / name).is_file(), name
@@ -80,9 +81,9 @@ def test_evaluate_cli(digits_run, run_cli):
 @pytest.mark.skipif(not Path(FASHION_DIR).is_dir(), reason="Fashion-MNIST not installed")
 def test_fashion_mnist_subset(tmp_path):
     summary = effscale.train(model="b0@phi=-6,res=16", data="fashion-mnist", stem_stride=1,
-                             epochs=3, batch_size=64, subset=3000, val_subset=1000,
-                             lr_per_256=0.1, out=str(tmp_path / "run"), quiet=True)
-    assert summary["final_top1"] >= 60  # measured 66.5; chance is 10
+                             epochs=3, subset=3000, val_subset=1000, out=str(tmp_path / "run"),
+                             quiet=True)  # the defaults: batch 128 (23 steps an epoch)
+    assert summary["final_top1"] >= 68  # measured 72.6 / 71.1 (seeds 0 / 1); chance is 10
 
 
 def _train_subprocess(out, extra=()):
@@ -317,3 +318,23 @@ def test_a_one_by_one_final_map_warns_once_with_the_cures(tmp_path, capsys):
     assert "upsample the input to >= 33 px" in lines[0]
     from effscale.train.build import final_map_warning
     assert final_map_warning(effscale.create_model(TINY, 10, stem_stride=1, in_chans=1)) is None
+
+
+def test_unreadable_images_are_named_in_the_summary(tmp_path):
+    from PIL import Image
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("val", 8)):
+        for cls in ("cat", "dog"):
+            (tmp_path / "f" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / "f" / split / cls / f"{i:03d}.png")
+    (tmp_path / "f" / "train" / "cat" / "x.jpg").write_bytes(b"not an image")  # 1 of 121
+    with pytest.warns(UserWarning, match="train/cat/x.jpg"):
+        summary = effscale.train(model="b0@phi=-10,res=16", data=f"imagefolder:{tmp_path / 'f'}",
+                                 stem_stride=1, epochs=1, workers=0, out=str(tmp_path / "run"),
+                                 quiet=True)
+    assert summary["status"] == "finished" and summary["skipped_files"] == ["train/cat/x.jpg"]
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["skipped_files"] == ["train/cat/x.jpg"]
