@@ -97,3 +97,17 @@ def test_default_recipe_trains_stably(tmp_path, monkeypatch, model, data, stem, 
         assert row["train_loss"] < first and row["val_loss"] < first, (first, row)
     assert rows[-1]["train_loss"] < 0.8 * first
     assert summary["final_top1"] >= 35  # chance is 10
+
+
+def test_the_engine_sets_lr_and_cycled_momentum_every_step():
+    import torch
+    from effscale.train.steps import apply_schedule
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0, momentum=0.9)
+    schedule = dict(peak=0.2, steps_per_epoch=10, epochs=10, schedule="cosine", warmup_epochs=0,
+                    warmup_start=0.04, decay_rate=0, decay_epochs=0, warmup_fraction=0.1,
+                    momentum=0.95, momentum_at_peak=0.85)
+    seen = [(apply_schedule(optimizer, step, schedule), optimizer.param_groups[0]["momentum"])
+            for step in (0, 10, 99)]
+    assert seen[0] == (pytest.approx(0.008), pytest.approx(0.95 - 0.1 * 0.04))
+    assert seen[1] == (pytest.approx(0.2), pytest.approx(0.85))     # peak lr, least momentum
+    assert seen[2][0] < 1e-3 and seen[2][1] == pytest.approx(0.95, abs=1e-3)
