@@ -69,7 +69,7 @@ class Config:
     grad_checkpointing: bool = False
     memory_budget: str | float | None = None  # bytes or "8GB"; default: free CUDA memory
     sync_bn: bool = False
-    workers: int = 4
+    workers: int | None = None          # image-folder decoding processes; default min(4, cores)
     eval_batch_size: int = 256
     # safety and output
     resume: bool = False
@@ -186,6 +186,7 @@ def _check(cfg: Config) -> None:
     _need(cfg.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {cfg.stem_stride}")
     _need(cfg.checkpoint_minutes > 0, f"checkpoint_minutes must be > 0, got {cfg.checkpoint_minutes}")
     _need(cfg.checkpoint_steps >= 0, f"checkpoint_steps must be >= 0, got {cfg.checkpoint_steps}")
+    _need(cfg.workers is None or cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
     _need(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     parse_bytes(cfg.memory_budget)
     model_spec(cfg.model, stem_stride=cfg.stem_stride)  # a bad name fails before data loads

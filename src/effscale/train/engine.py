@@ -220,7 +220,8 @@ def make_run(cfg: Config, dist: Dist, device: torch.device, progress: Progress, 
     info = data.info
     channels = model.in_chans if model.in_chans != info.in_chans else None  # 1 -> 3: repeated
     loader_kw = dict(resolution=model.spec.resolution, seed=cfg.seed, channels=channels,
-                     rank=dist.rank, world_size=dist.world_size, device=device)
+                     rank=dist.rank, world_size=dist.world_size, device=device,
+                     num_workers=cfg.workers)  # image folders decode in this many processes
     val_loader = make_loader(data.val, batch_size=cfg.eval_batch_size, train=False, epoch=0,
                              **loader_kw)
     steps_per_epoch = len(make_loader(data.train, batch_size=per_rank_batch, train=True, epoch=0,
