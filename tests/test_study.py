@@ -171,6 +171,8 @@ def test_quick_study_end_to_end_then_resume_trains_nothing(run_cli, tmp_path, on
     assert code == 0, err + stdout
     plan = json.loads((out / "study.json").read_text())
     assert len(plan["runs"]) == 6 and plan["seeds"] == [0, 1]
+    notes = [line for line in stdout.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "too easy" in notes[0]  # what the quick study can and cannot show
     for m in plan["models"]:
         assert abs(m["ratio"] - 1) <= 0.02
     for key in plan["runs"]:
