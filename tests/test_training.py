@@ -139,7 +139,7 @@ def test_existing_run_needs_resume(tmp_path):
 def test_ddp_two_processes_gloo_end_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
-    argv = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "effscale",
+    argv = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "effscale",
             "train", "--out", str(out), "--epochs", "1", "--device", "cpu"]
     for key, value in SMALL.items():
         if key != "epochs":
