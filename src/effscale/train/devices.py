@@ -14,10 +14,20 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # train() created the process group, so it must destroy it
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def teardown_distributed(dist: Dist) -> None:
+    """Destroy the process group train() created: a gloo group left to the interpreter's
+    exit can abort a rank ("terminate called without an active exception") while the other
+    still finishes its last collective."""
+    if dist.owns_group and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
@@ -30,11 +40,12 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         return Dist(), device
-    dist = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    owns = not torch.distributed.is_initialized()
+    dist = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), owns)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    if not torch.distributed.is_initialized():
+    if owns:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist, device
 

@@ -41,7 +41,7 @@ from ..optim import create_optimizer
 from .build import build_model, final_map_warning
 from .config import Config, resolve, run_config
 from .devices import (Dist, all_gather, all_reduce_sum, autocast, broadcast, resolve_precision,
-                      setup_distributed)
+                      setup_distributed, teardown_distributed)
 from .evaluate import BN_IMAGES, data_device, evaluate_model, recompute_bn
 from .output import Progress, board_row, epoch_line, tensorboard_writer, write_summary
 from .state import (STATE_FILE, RunState, fresh_sums, has_state, load_latest, restore_rng,
@@ -99,6 +99,7 @@ def train(config=None, **overrides) -> dict:
     saved = saved_state(cfg, dist, progress.log)
     if saved is not None and saved["epoch"] >= cfg.epochs and (Path(cfg.out) / "summary.json").is_file():
         progress.log(f"{cfg.out} already finished")
+        teardown_distributed(dist)
         return json.loads((Path(cfg.out) / "summary.json").read_text())
 
     run, state = setup(cfg, dist, device, progress, saved)
@@ -113,7 +114,9 @@ def train(config=None, **overrides) -> dict:
     while state.epoch < cfg.epochs:
         lr = run_epoch(run, state)
         end_epoch(run, state, lr)
-    return finish(run, state)
+    summary = finish(run, state)
+    teardown_distributed(dist)
+    return summary
 
 
 def saved_state(cfg: Config, dist: Dist, log) -> dict | None:
