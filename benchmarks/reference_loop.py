@@ -22,6 +22,8 @@ from torch import nn
 
 import effscale
 
+BATCH = 128  # the reference's batch; its lrs are peak lrs at this batch
+
 
 def tensors(data: str, resolution: int, *, subset=None):
     """(train_x, train_y, val_x, val_y, classes, channels): float32 normalised at `resolution`.
@@ -65,7 +67,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
     return 100.0 * correct / len(y)
 
 
-def train(model_name: str, data, *, epochs: int, lr: float, batch_size: int = 128,
+def train(model_name: str, data, *, epochs: int, lr: float, batch_size: int = BATCH,
           stem_stride: int = 2, seed: int = 0, weight_decay: float = 5e-5,
           label_smoothing: float = 0.1) -> dict:
     """Train from scratch; `data` is what `tensors` returns. Returns top-1 and timings."""
@@ -104,7 +106,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="b0@w=0.5,d=0.5,res=32")
     parser.add_argument("--data", default="digits")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=BATCH)
     parser.add_argument("--lr", default="0.05", help="comma-separated peak lrs to try")
     parser.add_argument("--stem-stride", type=int, default=2)
     parser.add_argument("--seeds", default="0")

@@ -75,9 +75,9 @@ def compare(case: str, folder: str | None, seeds: list[int], lrs: list[float]) -
     rows = [(f"engine, defaults (batch {batch})", engine)] + [
         (f"reference lr {lr:g}" + (" (best)" if lr == best_lr else ""), runs)
         for lr, runs in reference.items()]
-    if batch != 128:  # the reference at the engine's batch too: images/s depends on the batch
-        rows.append((f"reference lr {best_lr * batch / 128:g}, batch {batch}", [
-            reference_loop.train(model, tensors, epochs=epochs, lr=best_lr * batch / 128,
+    if batch != reference_loop.BATCH:  # the reference at the engine's batch too: images/s depends on the batch
+        rows.append((f"reference lr {best_lr * batch / reference_loop.BATCH:g}, batch {batch}", [
+            reference_loop.train(model, tensors, epochs=epochs, lr=best_lr * batch / reference_loop.BATCH,
                                  batch_size=batch, stem_stride=stem, seed=s) for s in seeds]))
     for label, runs in rows:
         print(f"  {label:30s} {mean_sd(r['top1'] for r in runs):>15s} "
@@ -87,7 +87,7 @@ def compare(case: str, folder: str | None, seeds: list[int], lrs: list[float]) -
         r["top1"] for r in reference[best_lr])
     speed = statistics.median(r["images_per_s"] for r in engine) / statistics.median(
         r["images_per_s"] for r in reference[best_lr])
-    at_batch = rows[-1][1] if batch != 128 else reference[best_lr]
+    at_batch = rows[-1][1] if batch != reference_loop.BATCH else reference[best_lr]
     same_batch = statistics.median(r["images_per_s"] for r in engine) / statistics.median(
         r["images_per_s"] for r in at_batch)
     print(f"  engine - best reference: {gap:+.2f} points; engine / reference images/s: "
