@@ -178,7 +178,8 @@ def comparison_rows(comparisons: list[stats.Comparison]) -> list[dict]:
         "compound top-1": f(c.compound_mean, "{:.2f}"), "other top-1": f(c.other_mean, "{:.2f}"),
         "mean diff": f(c.diff), "95% CI": ("" if c.ci_low is None
                                            else f"[{c.ci_low:+.2f}, {c.ci_high:+.2f}]"),
-        "p (paired t)": "" if c.p is None else stats._p(c.p), "verdict": c.verdict,
+        "p (paired t)": "" if c.p is None else stats.format_p(c.p),
+        "p (Holm)": "" if c.p_adj is None else stats.format_p(c.p_adj), "verdict": c.verdict,
     } for c in comparisons]
 
 
@@ -325,7 +326,9 @@ def _study_sections(study_dir: Path, *, cams: bool, images: int, echo) -> tuple[
           ("h2", "Compound vs single-dimension scaling"),
           ("p", "Paired over seeds: the per-seed difference compound - other, its mean, 95% "
                 "confidence interval and a two-sided paired t-test "
-                "(scipy.stats.ttest_rel)."),
+                "(scipy.stats.ttest_rel). Verdicts use the Holm-Bonferroni adjusted p over all "
+                "the study's comparisons, so that the family as a whole keeps a 5% chance of "
+                "any false 'better' or 'worse'; the raw p is shown beside it."),
           ("table", comparison_rows(res["comparisons"])),
           ("list", [f"{c.level}: {c.meaning}" for c in res["comparisons"]]),
           ("h2", "Conclusion"), ("p", res["conclusion"]),

@@ -4,12 +4,16 @@ sentence computed from them. Pure functions of numbers: no files, no torch.
 Pairing is by seed: run s of the compound model and run s of the depth-only model share the
 data order and initial RNG stream, so their difference cancels much of the seed-to-seed
 noise (a paired t-test on the per-seed differences, scipy.stats.ttest_rel).
+
+One study asks several questions at once (compound against three dimensions at every level),
+so its verdicts use Holm-Bonferroni adjusted p-values: the chance that *any* of the family's
+"significant" differences is a fluke stays below ALPHA. The raw p is reported beside it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ALPHA = 0.05  # significance level of every test and the 95% confidence intervals
 
@@ -38,6 +42,8 @@ class Comparison:
     ci_high: float | None
     p: float | None            # two-sided paired t-test
     verdict: str               # "better", "worse", "no significant difference", "untested"
+    p_adj: float | None = None  # Holm-adjusted across the study's family; verdicts use it
+    family: int = 1            # how many tested comparisons the adjustment covered
 
     @property
     def meaning(self) -> str:
@@ -48,19 +54,25 @@ class Comparison:
             return (f"compound {_signed(self.diff)} points vs {self.other}-only from one seed: "
                     f"cannot be tested (n=1, no error bars)")
         ci = f"95% CI [{self.ci_low:+.2f}, {self.ci_high:+.2f}]"
+        effect = f"compound {_signed(self.diff)} points vs {self.other}-only ({ci}, n={self.n})"
         if self.verdict == "no significant difference":
-            return (f"compound {_signed(self.diff)} points vs {self.other}-only "
-                    f"({ci}, p={_p(self.p)}, n={self.n}): not significant; the interval "
-                    f"includes zero, so the seeds do not separate them")
-        return (f"compound is {self.verdict} than {self.other}-only by {abs(self.diff):.2f} "
-                f"points ({ci}, p={_p(self.p)}, n={self.n})")
+            return (f"{effect}; {self._p_text()}: not significant, the seeds do not separate "
+                    f"them" + (" once the family of comparisons is accounted for"
+                               if self.p < ALPHA <= self.p_adj else ""))
+        return f"{effect}; {self._p_text()}: compound is {self.verdict}"
+
+    def _p_text(self) -> str:
+        if self.family == 1:
+            return f"p={format_p(self.p)}"
+        return (f"p={format_p(self.p)}, Holm-adjusted over {self.family} comparisons "
+                f"{format_p(self.p_adj)}")
 
 
 def _signed(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.2f}"
 
 
-def _p(p: float | None) -> str:
+def format_p(p: float | None) -> str:
     if p is None:
         return "n/a"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
@@ -89,19 +101,39 @@ def paired_comparison(level: str, other: str, compound: dict, single: dict,
         p = float(stats.ttest_rel(a, b).pvalue)
         half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n)
         low, high = diff - half, diff + half
-    if p < alpha and diff > 0:
+    return _judged(Comparison(level, other, n, c_mean, o_mean, diff, low, high, p, "", p),
+                   alpha)
+
+
+def _judged(c: Comparison, alpha: float) -> Comparison:
+    """The verdict from the adjusted p and the sign of the difference."""
+    if c.p_adj < alpha and c.diff > 0:
         verdict = "better"
-    elif p < alpha and diff < 0:
+    elif c.p_adj < alpha and c.diff < 0:
         verdict = "worse"
     else:
         verdict = "no significant difference"
-    return Comparison(level, other, n, c_mean, o_mean, diff, low, high, p, verdict)
+    return replace(c, verdict=verdict)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order (Holm 1979).
+
+    The k-th smallest of m p-values is multiplied by m - k + 1; a running maximum keeps the
+    adjusted values in the order of the raw ones, and they are capped at 1."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def compare_all(top1: dict, levels: list[str], singles=("depth", "width", "resolution"),
                 alpha: float = ALPHA) -> list[Comparison]:
     """top1 maps (strategy, level) -> {seed: top-1}; one Comparison per level and dimension
-    where both compound and that dimension were run."""
+    where both compound and that dimension were run, judged as one Holm-adjusted family."""
     out = []
     for level in levels:
         if ("compound", level) not in top1:
@@ -110,6 +142,9 @@ def compare_all(top1: dict, levels: list[str], singles=("depth", "width", "resol
             if (other, level) in top1:
                 out.append(paired_comparison(level, other, top1[("compound", level)],
                                              top1[(other, level)], alpha))
+    tested = [i for i, c in enumerate(out) if c.p is not None]
+    for i, p_adj in zip(tested, holm([out[i].p for i in tested])):
+        out[i] = _judged(replace(out[i], p_adj=p_adj, family=len(tested)), alpha)
     return out
 
 
@@ -142,7 +177,7 @@ def conclusion(comparisons: list[Comparison]) -> str:
         verdict = ("Compound scaling was significantly worse than every single-dimension "
                    "strategy at every level: this contradicts the paper's claim (Table 7).")
     elif not better and not worse:
-        verdict = ("No difference is significant at p<0.05: on this dataset and budget the "
+        verdict = (f"No difference is significant at p<{ALPHA:g}{_corrected(tested)}: on this dataset and budget the "
                    "runs neither confirm nor refute the paper's claim that compound scaling "
                    "beats single-dimension scaling; more seeds or epochs would narrow the "
                    "intervals.")
@@ -163,6 +198,16 @@ def conclusion(comparisons: list[Comparison]) -> str:
     tail = f" {untested} comparison(s) had fewer than 2 paired seeds and were not tested." \
         if untested else ""
     return head + verdict + tail
+
+
+def _corrected(tested: list[Comparison]) -> str:
+    marginal = [c for c in tested if c.p < ALPHA <= c.p_adj]
+    if tested[0].family == 1:
+        return ""
+    return (f" after the Holm-Bonferroni correction for {tested[0].family} comparisons"
+            + (f" ({len(marginal)} would pass alone at p<{ALPHA:g}, which a family of "
+               f"{tested[0].family} tests produces by chance too often to count)"
+               if marginal else ""))
 
 
 def _level(label: str) -> str:
