@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from effscale.coefsearch import candidates, gamma_for, parse_grid, ranked_rows
+from effscale.coefsearch import candidates, gamma_for, parse_grid, ranked_rows, recommend
 from effscale.names import parse_name
 
 
@@ -39,6 +39,41 @@ def test_ranking_puts_unfinished_last_and_ranks_the_paper_point():
     assert rows[1]["top1_mean"] == 81 and rows[1]["n"] == 2
 
 
+def _rows(scores: dict) -> list[dict]:
+    """Ranked rows from {(alpha, beta): [top-1 per seed]}; (1.2, 1.1) is the paper's point."""
+    seeds = max(len(v) for v in scores.values())
+    record = {"seeds": list(range(seeds)), "base_macs": 100,
+              "points": [dict(alpha=a, beta=b, gamma=1.1, product=2.0, paper=(a, b) == (1.2, 1.1),
+                              model="m", params=1, macs=200) for a, b in scores]}
+    top1 = {}
+    for (a, b), values in scores.items():
+        for seed, value in enumerate(values):
+            key = f"paper-s{seed}" if (a, b) == (1.2, 1.1) else f"a{a:g}-b{b:g}-s{seed}"
+            top1[key] = value
+    return ranked_rows(record, top1)
+
+
+def test_search_recommends_only_a_separated_winner():
+    # the issue's case: every candidate at chance (10.22% on 10 classes), one seed
+    best, why = recommend(_rows({(1.1, 1.0): [10.22], (1.1, 1.1): [10.22], (1.2, 1.1): [10.22]}),
+                          10)
+    assert best is None and "at chance" in why
+    best, why = recommend(_rows({(1.1, 1.0): [80.0, 81.0], (1.3, 1.0): [80.0, 81.0]}), 10)
+    assert best is None and "tied" in why
+    best, why = recommend(_rows({(1.1, 1.0): [85.0], (1.3, 1.0): [80.0]}), 10)
+    assert best is None and "one seed" in why
+    # within each other's seed spread
+    best, why = recommend(_rows({(1.1, 1.0): [85.0, 80.0, 83.0], (1.3, 1.0): [82.0, 81.0, 84.0]}),
+                          10)
+    assert best is None and "not separated" in why
+    # clearly separated: recommended, and the paper's point competes like any other
+    best, why = recommend(_rows({(1.1, 1.0): [90.0, 90.5, 90.2], (1.3, 1.0): [85.0, 85.4, 85.1],
+                                 (1.2, 1.1): [86.0, 86.2, 85.9]}), 10)
+    assert (best["alpha"], best["beta"]) == (1.1, 1.0) and "separated" in why
+    best, _ = recommend(_rows({(1.1, 1.0): [80.0, 80.5], (1.2, 1.1): [90.0, 90.4]}), 10)
+    assert best["paper"]
+
+
 def test_bad_search_configs(run_cli, tmp_path):
     code, out, err = run_cli("search", "--alphas", "1.5", "--betas", "1.3", "--out", tmp_path)
     assert code == 2 and "no grid point" in err
@@ -63,18 +98,19 @@ def test_tiny_search_end_to_end(run_cli, tmp_path):
     for p in record["points"]:
         v = parse_name(p["model"])
         assert v.alpha == p["alpha"] and v.beta == p["beta"] and v.gamma == p["gamma"]
-    for name in ("search_results.csv", "search_results.md", "best_coefficients.json",
+    for name in ("search_results.csv", "search_results.md",
                  "plots/heatmap.png", "plots/heatmap.svg", "report.html", "report.md"):
         assert (out / name).is_file(), name
     rows = (out / "search_results.csv").read_text().strip().splitlines()
     assert rows[0].startswith("rank,alpha,beta,gamma") and len(rows) == 4
     md = (out / "search_results.md").read_text()
-    assert "paper's alpha=1.2, beta=1.1, gamma=1.15 ranks" in md.replace("The paper", "the paper")
-    assert "ranks" in stdout and "--coefficients" in stdout
-    best = json.loads((out / "best_coefficients.json").read_text())
-    assert best["alpha"] in (1.1, 1.2) and best["beta"] == 1.1
+    # one seed and one epoch: the search says why it recommends nothing, and writes no best
+    assert "No recommendation:" in md and "no recommendation:" in stdout
+    assert "--coefficients" not in stdout and not (out / "best_coefficients.json").exists()
+    best = next(p for p in record["points"] if p["alpha"] == 1.1)
+    best["coefficients"] = f"{best['alpha']:g},{best['beta']:g},{best['gamma']:g}"
 
-    # the best coefficients feed straight back into a study and into a model name
+    # a candidate's coefficients feed straight back into a study and into a model name
     code, plan_out, err = run_cli("study", "--coefficients", best["coefficients"], "--dry-run",
                                   "--out", tmp_path / "study", "--max-mismatch", "0.2")
     assert code == 0, err

@@ -192,6 +192,8 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
         echo(f"best: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
              f"({best['top1']}) -> effscale study --coefficients "
              f"{best['alpha']:g},{best['beta']:g},{best['gamma']:g}")
+    else:
+        echo(f"no recommendation: {result['why']}")
     if result["paper_rank"]:
         echo(result["paper_rank"])
     from .reporting import report
@@ -229,6 +231,53 @@ def ranked_rows(record: dict, top1: dict) -> list[dict]:
     return rows
 
 
+CHANCE_MARGIN = 5.0   # points above chance below which a candidate has learned nothing useful
+
+
+def recommend(rows: list[dict], num_classes: int, alpha: float = 0.05) -> tuple[dict | None, str]:
+    """(the row to recommend or None, why). Pure.
+
+    A search recommends coefficients only when its best candidate is separated from the
+    runner-up beyond the seed spread (Welch's t-test at `alpha`); candidates at chance, tied,
+    trained on one seed or within each other's spread give no recommendation, and the reason
+    says which. The paper's point competes like any other candidate."""
+    ranked = [r for r in rows if r["rank"] is not None]
+    if len(ranked) < 2:
+        return None, "fewer than two candidates have finished: nothing to compare"
+    top, second = ranked[0], ranked[1]
+    chance = 100.0 / num_classes
+    if top["top1_mean"] <= chance + CHANCE_MARGIN:
+        return None, (f"every candidate is at chance (best {_pm(top)}, chance {chance:.1f}%): "
+                      f"the proxy budget trains none of them; raise --epochs or --subset")
+    if top["top1_mean"] == second["top1_mean"]:
+        tied = sum(r["top1_mean"] == top["top1_mean"] for r in ranked)
+        return None, f"{tied} candidates are tied at {top['top1_mean']:.2f}%"
+    if top["n"] < 2 or second["n"] < 2:
+        return None, (f"one seed per candidate: the best ({_pm(top)}) and the runner-up "
+                      f"({_pm(second)}) cannot be told apart from seed noise; run --seeds 3")
+    p = _welch_p(top, second)
+    if not p < alpha:
+        return None, (f"the best ({_coeffs(top)}: {_pm(top)}) is not separated from the "
+                      f"runner-up ({_coeffs(second)}: {_pm(second)}) beyond their seed spread "
+                      f"(Welch's t-test p={p:.2f}); more seeds or epochs could separate them")
+    return top, (f"separated from the runner-up ({_coeffs(second)}: {_pm(second)}) beyond the "
+                 f"seed spread (Welch's t-test p={p:.3f})")
+
+
+def _welch_p(a: dict, b: dict) -> float:
+    from scipy import stats
+    if not a["top1_std"] and not b["top1_std"]:  # identical seeds on both: t is infinite
+        return 0.0 if a["top1_mean"] != b["top1_mean"] else 1.0
+    return float(stats.ttest_ind_from_stats(a["top1_mean"], a["top1_std"], a["n"],
+                                            b["top1_mean"], b["top1_std"], b["n"],
+                                            equal_var=False).pvalue)
+
+
+def _coeffs(row) -> str:
+    name = f"alpha={row['alpha']:g}, beta={row['beta']:g}, gamma={row['gamma']:g}"
+    return f"the paper's {name}" if row["paper"] else name
+
+
 def write_search_results(search_dir) -> dict:
     from . import plots
     from .reporting import read_run
@@ -242,19 +291,22 @@ def write_search_results(search_dir) -> dict:
     columns = ["rank", "alpha", "beta", "gamma", "product", "paper", "model", "params", "macs",
                "macs_vs_base", "top1_mean", "top1_std", "n"]
     (search_dir / "search_results.csv").write_text(render(rows, "csv", columns) + "\n")
-    best = next((r for r in rows if r["rank"] is not None and not r["paper"]), None)
+    best, why = recommend(rows, record.get("num_classes", 10))
     paper_row = next((r for r in rows if r["paper"]), None)
     ranked = [r for r in rows if r["rank"] is not None]
     paper_rank = None
-    if paper_row and paper_row["rank"]:
+    if paper_row and paper_row["rank"] and best:
         paper_rank = (f"the paper's alpha=1.2, beta=1.1, gamma=1.15 ranks {paper_row['rank']} "
                       f"of {len(ranked)} on this budget ({_pm(paper_row)})")
     best_info = None
+    stale = search_dir / "best_coefficients.json"
     if best:
         best_info = {"alpha": best["alpha"], "beta": best["beta"], "gamma": best["gamma"],
-                     "top1": _pm(best), "model": best["model"],
+                     "top1": _pm(best), "model": best["model"], "why": why,
                      "coefficients": f"{best['alpha']:g},{best['beta']:g},{best['gamma']:g}"}
-        write_json(search_dir / "best_coefficients.json", best_info)
+        write_json(stale, best_info)
+    elif stale.is_file():  # an earlier, now overruled recommendation must not linger
+        stale.unlink()
     cfg = record["config"]
     values = {(r["alpha"], r["beta"]): r["top1_mean"] for r in rows if not r["paper"]}
     figure = plots.heatmap(list(cfg["alphas"]), list(cfg["betas"]), values,
@@ -266,13 +318,16 @@ def write_search_results(search_dir) -> dict:
     md = [f"# Coefficient search: {cfg['base']} on {cfg['data']}", "",
           render(display(rows), "markdown"), ""]
     if best_info:
-        md += [f"Best: alpha={best['alpha']:g}, beta={best['beta']:g}, gamma={best['gamma']:g} "
-               f"({best_info['top1']}); use `--coefficients {best_info['coefficients']}`.", ""]
+        md += [f"Best: {_coeffs(best)} ({best_info['top1']}), {why}; use "
+               f"`--coefficients {best_info['coefficients']}`.", ""]
+    else:
+        md += [f"No recommendation: {why}.", ""]
     if paper_rank:
         md += [paper_rank[0].upper() + paper_rank[1:] + ".", ""]
     md += ["![heat map](plots/heatmap.png)", ""]
     (search_dir / "search_results.md").write_text("\n".join(md))
-    return {"rows": rows, "best": best_info, "paper_rank": paper_rank, "figure": figure,
+    return {"rows": rows, "best": best_info, "why": why, "paper_rank": paper_rank,
+            "figure": figure,
             "record": record}
 
 
@@ -306,7 +361,7 @@ def search_sections(search_dir) -> tuple[str, list]:
                        f"(`{cfg['base']}@phi=2,alpha={b['alpha']:g},beta={b['beta']:g},"
                        f"gamma={b['gamma']:g}` when the base has no phi/res)."))
     else:
-        s.append(("note", "No candidate has finished yet."))
+        s.append(("note", f"No recommendation: {res['why']}."))
     if res["paper_rank"]:
         s.append(("p", res["paper_rank"][0].upper() + res["paper_rank"][1:] + "."))
     if cfg["seeds"] < 2:
