@@ -110,6 +110,20 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert total == 3 and loaded == total
     assert dom.stdout.count("<table>") >= 5 and "Compound vs single-dimension" in dom.stdout
 
+    # wide tables scroll inside their own box instead of being cut off or widening the page
+    # (900 px: narrower than the Models table, as 1280 px is for a study with long names)
+    probe.write_text(html_path.read_text().replace(
+        "</body>",
+        "<script>window.addEventListener('load', () => { const t = [...document.querySelectorAll('table')]"
+        ".filter(x => x.offsetWidth > x.parentElement.clientWidth);"
+        " const cut = t.filter(x => getComputedStyle(x.parentElement).overflowX !== 'auto'"
+        " || x.parentElement.scrollWidth < x.offsetWidth);"
+        " document.body.setAttribute('data-wide', t.length + ':' + cut.length + ':' +"
+        " (document.documentElement.scrollWidth > window.innerWidth)); });</script></body>"))
+    dom = _chromium(["--dump-dom", "--window-size=900,900", probe.as_uri()], tmp_path)
+    wide, cut, page_overflows = re.search(r'data-wide="(\d+):(\d+):(\w+)"', dom.stdout).groups()
+    assert int(wide) >= 1 and int(cut) == 0 and page_overflows == "false", (wide, cut)
+
     shot = out / "report_screenshot.png"
     result = _chromium([f"--screenshot={shot}", "--window-size=1200,2000", html_path.as_uri()],
                        tmp_path)

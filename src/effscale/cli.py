@@ -8,6 +8,8 @@ import importlib
 import os
 import sys
 
+from .executors import MissingExtra
+
 COMMANDS = ("profile", "train", "evaluate", "study", "search", "cam", "report", "export")
 
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as exc:
+            PermissionError, MissingExtra, ConnectionError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"effscale: error: {message}", file=sys.stderr)
         return 2

@@ -20,9 +20,8 @@ from pathlib import Path
 from .files import write_json
 from .measure import profile
 from .names import ALPHA, BETA, GAMMA, parse_name
-from .studies import (DATASETS, Job, auto_jobs, _check_same_study, compound_base,
-                      command_history, dataset_shape, environment, parse_floats,
-                      run_jobs)
+from .studies import (DATASETS, Job, _check_same_study, check_executor, command_history,
+                      compound_base, dataset_shape, environment, execute, parse_floats)
 from .table import render
 
 TARGET = 2.0         # FLOPs multiplier per unit of phi (paper eq. 3)
@@ -48,6 +47,10 @@ class SearchConfig:
     stem_stride: int = 1
     batch_size: int | None = None
     jobs: int | None = None      # None: one per GPU, else one per CPU core
+    executor: str = "local"      # the executor fields mean what they mean in a study
+    address: str | None = None
+    cpus_per_run: float | None = None
+    gpus_per_run: float | None = None
     device: str | None = None
     precision: str | None = None
     paper: bool = True           # also train the paper's 1.2 / 1.1 / 1.15
@@ -123,6 +126,7 @@ def resolve_config(values: dict) -> SearchConfig:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
     if config.jobs is not None and config.jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {config.jobs}")
+    check_executor(config)
     if config.data not in DATASETS and not config.data.startswith("imagefolder:"):
         raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)} "
                          f"or imagefolder:PATH")
@@ -181,9 +185,8 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
     echo(f"search {out}: {len(points)} candidates x {config.seeds} seeds on {config.data}, "
          f"{config.epochs} epochs each (proxy budget)")
     t0 = time.time()
-    statuses = run_jobs([Job(k, out / "runs" / k, r["train"]) for k, r in runs.items()],
-                        parallel=config.jobs or auto_jobs(config.device), device=config.device, log_dir=out / "logs",
-                        echo=echo)
+    statuses = execute([Job(k, out / "runs" / k, r["train"]) for k, r in runs.items()],
+                       config, log_dir=out / "logs", echo=echo)
     record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
     write_json(out / "search.json", record)
     result = write_search_results(out)

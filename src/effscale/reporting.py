@@ -129,8 +129,9 @@ CSV_COLUMNS = ["strategy", "level", "model", "d", "w", "r", "res", "params", "ma
                "best_epoch", "wall_time_s"]
 
 
-def table7_rows(rows: list[dict]) -> tuple[list[dict], str | None]:
-    """The paper's Table 7 beside ours at the level closest to the paper's (~4.6x B0)."""
+def table7_rows(rows: list[dict], data: str = "ours") -> tuple[list[dict], str | None]:
+    """The paper's Table 7 (ImageNet) beside ours (on `data`) at the level closest to the
+    paper's (~4.6x B0). The column names say which dataset each number is on."""
     levels = sorted({r["level"] for r in rows if r["strategy"] != "baseline"})
     if not rows:
         return [], None
@@ -159,12 +160,12 @@ def table7_rows(rows: list[dict]) -> tuple[list[dict], str | None]:
         out.append({
             "strategy": strategy,
             "paper model": paper_model, "paper FLOPs(B)": f"{paper_flops:g}",
-            "paper top-1": f"{paper_top1:.1f}",
+            "paper top-1 (ImageNet)": f"{paper_top1:.1f}",
             "paper vs B0": f"{paper_top1 - PAPER_TABLE7['baseline'][2]:+.1f}",
             "our model": ours["model"],
             "our d/w/r": f"{ours['d']:.3g}/{ours['w']:.3g}/{ours['r']:.3g}",
             "our MACs vs base": (f"{ours['macs'] / base_macs:.2f}x" if base_macs else ""),
-            "our top-1": _pm(ours["top1_mean"], ours["top1_std"], ours["n"]),
+            f"our top-1 ({data})": _pm(ours["top1_mean"], ours["top1_std"], ours["n"]),
             "ours vs base": "" if delta is None else f"{delta:+.2f}",
         })
     return out, chosen
@@ -211,6 +212,34 @@ def curves(plan: dict, runs: dict[str, dict]) -> dict:
 
 # -- writing the results --------------------------------------------------------------------
 
+PLATEAU = "plateau"     # sub-study of the same models trained for twice the epochs, 1 seed
+PLATEAU_POINTS = 0.3    # a run has plateaued when doubling its epochs moves top-1 by <= this
+
+
+def plateau_rows(study_dir: Path, plan: dict, runs: dict[str, dict]) -> list[dict]:
+    """Is each model trained to its plateau? Seed 0 of every model of `study_dir/plateau/`
+    (the same study with twice the epochs) beside seed 0 of the study itself; empty when
+    there is no such sub-study."""
+    sub = Path(study_dir) / PLATEAU
+    if not (sub / "study.json").is_file():
+        return []
+    from .studies import load_study
+    longer = load_study(sub)
+    out = []
+    for key, r in longer["runs"].items():
+        run, base = read_run(sub / "runs" / key), runs.get(key)
+        if not (run["finished"] and base and base["finished"]):
+            continue
+        short = base["summary"]["final_top1"]
+        long = run["summary"]["final_top1"]
+        out.append({"strategy": r["strategy"], "level": r["level"], "model": r["model"],
+                    f"top-1 at {plan['config']['epochs']} ep": f"{short:.2f}",
+                    f"top-1 at {longer['config']['epochs']} ep": f"{long:.2f}",
+                    "change": f"{long - short:+.2f}",
+                    "plateau": "yes" if abs(long - short) <= PLATEAU_POINTS else "no"})
+    return out
+
+
 def _read_all(study_dir: Path, plan: dict) -> dict[str, dict]:
     return {key: read_run(study_dir / "runs" / key) for key in plan["runs"]}
 
@@ -223,7 +252,8 @@ def write_results(study_dir: str | Path) -> dict:
     plan = load_study(study_dir)
     runs = _read_all(study_dir, plan)
     rows = model_rows(plan, runs)
-    t7, t7_level = table7_rows(rows)
+    t7, t7_level = table7_rows(rows, plan["config"]["data"])
+    plateau = plateau_rows(study_dir, plan, runs)
     top1 = {(r["strategy"], r["level"]): r["per_seed"] for r in rows}
     levels = list(dict.fromkeys(r["level"] for r in rows if r["strategy"] == "compound"))
     comparisons = stats.compare_all(top1, levels)
@@ -253,9 +283,13 @@ def write_results(study_dir: str | Path) -> dict:
           render(comparison_rows(comparisons), "markdown") if comparisons else "(none)", ""]
     md += [f"- {c.level}: {c.meaning}" for c in comparisons]
     md += ["", "## Conclusion", "", text, ""]
+    if plateau:
+        md += ["## Trained to the plateau? (seed 0, twice the epochs)", "",
+               render(plateau, "markdown"), ""]
     md += [f"![{name}](plots/{name}.png)" for name in figures]
     (study_dir / "results.md").write_text("\n".join(md) + "\n")
     return {"rows": rows, "table7": t7, "table7_level": t7_level, "comparisons": comparisons,
+            "plateau": plateau,
             "conclusion": text, "figures": figures, "plan": plan, "runs": runs}
 
 
@@ -319,8 +353,8 @@ def _study_sections(study_dir: Path, *, cams: bool, images: int, echo) -> tuple[
                 "model's MACs over its level's target."),
           ("table", display_rows(rows)),
           ("h2", "Beside the paper's Table 7"),
-          ("p", f"Paper: ImageNet, 350 epochs. Ours: level {res['table7_level']} "
-                f"(closest to the paper's ~{PAPER_LEVEL:.1f}x B0). Compare the gains over "
+          ("p", f"Paper: ImageNet, 350 epochs. Ours: {cfg['data']}, level "
+                f"{res['table7_level']} (closest to the paper's ~{PAPER_LEVEL:.1f}x B0). Compare the gains over "
                 f"the baseline, not the absolute numbers."),
           ("table", res["table7"]),
           ("h2", "Compound vs single-dimension scaling"),
@@ -331,12 +365,20 @@ def _study_sections(study_dir: Path, *, cams: bool, images: int, echo) -> tuple[
                 "any false 'better' or 'worse'; the raw p is shown beside it."),
           ("table", comparison_rows(res["comparisons"])),
           ("list", [f"{c.level}: {c.meaning}" for c in res["comparisons"]]),
-          ("h2", "Conclusion"), ("p", res["conclusion"]),
-          ("h2", "Plots")]
+          ("h2", "Conclusion"), ("p", res["conclusion"])]
+    if res["plateau"]:
+        s += [("h2", "Trained to the plateau?"),
+              ("p", f"Seed 0 of each model, trained again for twice the epochs (the same "
+                    f"schedule stretched, in {PLATEAU}/): a change of at most "
+                    f"{PLATEAU_POINTS} points means the study's epochs reach the plateau."),
+              ("table", res["plateau"])]
+    s.append(("h2", "Plots"))
     captions = {"accuracy_vs_macs": "Top-1 against MACs per strategy (error bars: std over "
                                     "seeds), the layout of the paper's Figure 8",
                 "accuracy_vs_params": "Top-1 against parameters",
-                "training_curves": "Validation top-1 per epoch, mean over seeds"}
+                "training_curves": "Validation top-1 per epoch of every strategy, mean over "
+                                   "seeds: a curve still rising at its last epoch has not "
+                                   "reached its plateau"}
     for name, paths in res["figures"].items():
         s.append(("img", Path(paths[0]), captions[name]))
     s.append(("h2", "Class activation maps"))
@@ -367,6 +409,13 @@ def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
     if not chosen:
         return ("note", "CAM figure: no finished seed-0 runs yet.")
     out_path = study_dir / "plots" / "cams.png"
+    caption = (f"Grad-CAM of the same validation images, seed 0, level {top} "
+               f"(and the baseline)")
+    weights = [study_dir / "runs" / k / "last.safetensors" for k, _ in chosen]
+    if out_path.is_file() and not all(w.is_file() for w in weights):
+        # committed results keep each run's record but not its weights: keep the figure
+        # drawn when they were there instead of losing it
+        return ("img", out_path, caption + " (drawn when the runs' weights were present)")
     try:
         from .cams import compare_figure
         compare_figure([study_dir / "runs" / k for k, _ in chosen], cfg["data"], out_path,
@@ -379,8 +428,7 @@ def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
         return ("note", f"CAM figure unavailable: {type(exc).__name__}: {reason}")
     if not out_path.is_file():
         return ("note", "CAM figure unavailable: compare_figure wrote no file.")
-    return ("img", out_path, f"Grad-CAM of the same validation images, seed 0, level {top} "
-                             f"(and the baseline)")
+    return ("img", out_path, caption)
 
 
 # -- renderers ------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from .spec import FAMILY
 
 STRATEGIES = ("baseline", "depth", "width", "resolution", "compound")
 SINGLE = ("depth", "width", "resolution")
+EXECUTORS = ("local", "ray")  # local: in-process or a process pool; ray: one Ray task per run
 
 # (classes, channels) of the built-in datasets, so a plan needs no data loaded. Anything else
 # (imagefolder:PATH) asks effscale.data.
@@ -99,6 +100,10 @@ class StudyConfig:
     batch_size: int | None = None
     lr: float | None = None
     jobs: int | None = None      # None: one per GPU, else one per CPU core (1 thread each)
+    executor: str = "local"
+    address: str | None = None   # ray: None starts a local Ray, 'auto' or HOST:PORT joins one
+    cpus_per_run: float | None = None  # ray: CPUs (= torch threads) per run; default 1
+    gpus_per_run: float | None = None  # ray: default 1 when --device is cuda, else 0
     coefficients: tuple[float, float, float] | None = None
     max_mismatch: float = 0.02   # refuse a plan whose MACs miss the level by more than this
     device: str | None = None
@@ -214,6 +219,7 @@ def validate(config: StudyConfig) -> None:
         raise ValueError(f"jobs must be >= 1, got {config.jobs}")
     if config.stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {config.stem_stride}")
+    check_executor(config)
     if not 0 < config.max_mismatch < 1:
         raise ValueError(f"max_mismatch must be in (0, 1), got {config.max_mismatch}")
     if config.data not in DATASETS and not config.data.startswith("imagefolder:"):
@@ -410,6 +416,35 @@ def auto_jobs(device: str | None = None) -> int:
     return _gpu_count(device) or _cpu_count()
 
 
+def check_executor(config) -> None:
+    """The executor settings of a study or search config, checked before anything runs."""
+    if config.executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {config.executor!r}; choose from "
+                         f"{', '.join(EXECUTORS)}")
+    ray_only = [k for k in ("address", "cpus_per_run", "gpus_per_run")
+                if getattr(config, k) is not None]
+    if config.executor != "ray" and ray_only:
+        raise ValueError(f"--{ray_only[0].replace('_', '-')} needs --executor ray")
+    if config.cpus_per_run is not None and config.cpus_per_run <= 0:
+        raise ValueError(f"cpus_per_run must be > 0, got {config.cpus_per_run}")
+    if config.gpus_per_run is not None and config.gpus_per_run < 0:
+        raise ValueError(f"gpus_per_run must be >= 0, got {config.gpus_per_run}")
+
+
+def execute(jobs: list[Job], config, *, log_dir: Path, echo=print) -> dict:
+    """Train the jobs with the config's executor (a study's or a search's: both carry jobs,
+    device and the executor fields). Same answer from either: {key: status}."""
+    if config.executor == "ray":
+        from .executors import run_jobs_ray
+        gpus = config.gpus_per_run
+        if gpus is None:  # Ray hides the GPUs from a task that reserved none
+            gpus = 1 if str(config.device or "").startswith("cuda") else 0
+        return run_jobs_ray(jobs, address=config.address, cpus_per_run=config.cpus_per_run or 1,
+                            gpus_per_run=gpus, echo=echo)
+    return run_jobs(jobs, parallel=config.jobs or auto_jobs(config.device),
+                    device=config.device, log_dir=log_dir, echo=echo)
+
+
 def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
              log_dir: Path | None = None, echo=print) -> dict:
     """Train every job's run directory: skip finished, resume partial, train new.
@@ -420,21 +455,11 @@ def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
     oversubscribe the machine. Returns {key: "finished" | "skipped" | "failed: ..."}.
     A failed run does not stop the others; the caller reports them.
     """
-    todo = []
-    results = {}
-    for job in jobs:
-        status = run_status(job.out)
-        if status == "finished":
-            results[job.key] = "skipped"
-        else:
-            todo.append((job, status == "partial"))
-    skipped = len(results)
-    if skipped:
-        echo(f"{skipped} of {len(jobs)} runs already finished: skipped")
+    results, todo = split_jobs(jobs, echo)
     if not todo:
         return results
     if parallel > 1:  # longest first: the slowest run does not start last and straggle
-        todo.sort(key=lambda item: -_cost(item[0].config))
+        todo.sort(key=lambda item: -run_cost(item[0].config))
     gpus = _gpu_count(device)
     workers = min(parallel, gpus) if gpus and parallel > 1 else parallel
     workers = max(1, min(workers, len(todo)))
@@ -473,10 +498,7 @@ def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
             counter["done"] += 1
             done = counter["done"]
             elapsed = time.time() - start
-            eta = elapsed / done * (len(todo) - done)
-            echo(f"[{done}/{len(todo)}] {job.key} ({job.config.get('model')})"
-                 f"{' resumed' if resume else ''}: {detail} in {time.time() - t0:.0f}s"
-                 f" | elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+            echo(progress_line(done, len(todo), job, resume, detail, time.time() - t0, elapsed))
         return job.key, status
 
     echo(f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) with "
@@ -493,7 +515,31 @@ def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
     return results
 
 
-def _cost(config: dict) -> float:
+def split_jobs(jobs: list[Job], echo=print) -> tuple[dict, list[tuple[Job, bool]]]:
+    """({key: "skipped"} for finished runs, [(job, resume?)] for the rest); says how many were
+    skipped. Every executor starts here, so skip and resume mean the same everywhere."""
+    results, todo = {}, []
+    for job in jobs:
+        status = run_status(job.out)
+        if status == "finished":
+            results[job.key] = "skipped"
+        else:
+            todo.append((job, status == "partial"))
+    if results:
+        echo(f"{len(results)} of {len(jobs)} runs already finished: skipped")
+    return results, todo
+
+
+def progress_line(done: int, total: int, job: Job, resumed: bool, detail: str, took: float,
+                  elapsed: float) -> str:
+    eta = elapsed / done * (total - done)
+    return (f"[{done}/{total}] {job.key} ({job.config.get('model')})"
+            f"{' resumed' if resumed else ''}: {detail} in {took:.0f}s"
+            f" | elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+
+
+def run_cost(config: dict) -> float:
+    """A run's MACs per image: the order in which to start runs (longest first)."""
     try:
         return profile(config["model"], stem_stride=config.get("stem_stride", 2)).macs
     except (KeyError, ValueError):
@@ -603,6 +649,62 @@ def _check_same_study(old: dict, runs: dict[str, dict]) -> None:
                              f"use another --out")
 
 
+# Training-config keys that say where and how a run was executed, not what it computed.
+_WHERE = frozenset({"out", "resume", "quiet", "device", "data_dir", "workers",
+                    "checkpoint_minutes", "checkpoint_steps", "memory_budget"})
+
+
+def plan_differences(study_dir: str | Path) -> list[str]:
+    """Re-plan a finished study directory with the current code, training nothing; one line per
+    model, MACs or setting that differs from what its runs were trained with.
+
+    Checks the planned models (names, MACs, params, d/w/r), the run list, each run's training
+    config in study.json, and each run's resolved config.json (recipe values, the fitted batch
+    and lr) against what the current code would resolve. Empty when the committed results are
+    what the code that ships them would produce."""
+    study_dir = Path(study_dir)
+    record = load_study(study_dir)
+    config = resolve_config(dict(record["config"], out=str(study_dir)))
+    models = plan_models(config, record["num_classes"], record["in_chans"])
+    out = []
+    now = {(m.strategy, m.level): dict(asdict(m), ratio=round(m.ratio, 4)) for m in models}
+    then = {(m["strategy"], m["level"]): m for m in record["models"]}
+    for key in sorted(set(now) | set(then)):
+        a, b = then.get(key), now.get(key)
+        if a is None or b is None:
+            gone = "not run" if a is None else "no longer planned"
+            out.append(f"{key[0]} at level {key[1]}: {gone}")
+            continue
+        out += [f"{key[0]} at level {key[1]}: {k} was {a.get(k)!r}, now {b[k]!r}"
+                for k in b if a.get(k) != b[k]]
+    planned = {r.key: r for r in plan_runs(models, config.seeds)}
+    if set(planned) != set(record["runs"]):
+        out.append(f"runs differ: now {sorted(planned)}, then {sorted(record['runs'])}")
+    train_size = None
+    for key in sorted(set(planned) & set(record["runs"])):
+        cfg = train_config(config, planned[key])
+        out += _config_differences(key, record["runs"][key]["train"], cfg)
+        saved = study_dir / "runs" / key / "config.json"
+        if saved.is_file():
+            if train_size is None:
+                train_size = _train_size(config)
+            from .train.config import make_config, resolve
+            resolved = resolve(make_config(cfg, out=str(study_dir / "runs" / key)), train_size)
+            out += _config_differences(key, json.loads(saved.read_text()), resolved.as_dict())
+    return out
+
+
+def _config_differences(key: str, then: dict, now: dict) -> list[str]:
+    return [f"{key}: {k} was {then.get(k)!r}, now {now.get(k)!r}"
+            for k in sorted((set(then) | set(now)) - _WHERE) if then.get(k) != now.get(k)]
+
+
+def _train_size(config: StudyConfig) -> int:
+    from .data import load_data
+    return len(load_data(config.data, data_dir=config.data_dir, download=False,
+                         subset=config.subset, val_subset=config.val_subset).train)
+
+
 # -- the study ------------------------------------------------------------------------------
 
 def study(config: StudyConfig | dict | None = None, *, command: str | None = None,
@@ -670,9 +772,12 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     write_json(out / "study.json", record)
     jobs = [Job(r.key, out / "runs" / r.key, run_entries[r.key]["train"]) for r in runs]
     t0 = time.time()
-    statuses = run_jobs(jobs, parallel=config.jobs or auto_jobs(config.device), device=config.device,
-                        log_dir=out / "logs", echo=echo)
-    record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
+    statuses = execute(jobs, config, log_dir=out / "logs", echo=echo)
+    if all(s == "skipped" for s in statuses.values()) and old:
+        # nothing trained: the results still come from the machine and time that made them
+        record.update(environment=old.get("environment"), wall_time_s=old.get("wall_time_s"))
+    else:
+        record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
     write_json(out / "study.json", record)
     failed = [k for k, s in statuses.items() if s.startswith("failed")]
     for key in failed:

@@ -25,6 +25,8 @@ def add_parser(sub):
     p.add_argument("--stem-stride", type=int, choices=(1, 2))
     p.add_argument("--batch-size", type=int)
     p.add_argument("--jobs", type=int)
+    from .study import add_executor_flags
+    add_executor_flags(p)
     p.add_argument("--device")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--no-paper", action="store_true",
@@ -34,7 +36,8 @@ def add_parser(sub):
 
 
 KEYS = ("base", "data", "data_dir", "recipe", "alphas", "betas", "tolerance", "seeds", "epochs",
-        "subset", "val_subset", "stem_stride", "batch_size", "jobs", "device", "precision", "out")
+        "subset", "val_subset", "stem_stride", "batch_size", "jobs", "device", "precision",
+        "out", "executor", "address", "cpus_per_run", "gpus_per_run")
 
 
 def run(args) -> int:

@@ -5,7 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..studies import PRESETS, STRATEGIES
+from ..studies import EXECUTORS, PRESETS, STRATEGIES
+
+EXECUTOR_KEYS = ("executor", "address", "cpus_per_run", "gpus_per_run")
+
+
+def add_executor_flags(p) -> None:
+    """Where the runs of a study or search execute (shared by both commands)."""
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="local (default): this machine, --jobs processes; ray: one Ray task "
+                        "per run, on a local Ray or a cluster (pip install 'effscale[ray]'; "
+                        "the output directory must be on a filesystem every node sees)")
+    p.add_argument("--address", help="ray: HOST:PORT or auto to join a running cluster "
+                                     "(default: start a local Ray)")
+    p.add_argument("--cpus-per-run", type=float,
+                   help="ray: CPUs reserved per run, also its torch threads (default 1)")
+    p.add_argument("--gpus-per-run", type=float,
+                   help="ray: GPUs reserved per run (default 1 with --device cuda, else 0)")
 
 
 def add_parser(sub):
@@ -40,6 +56,7 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--jobs", type=int, help="runs in parallel: one per GPU, or N CPU processes")
+    add_executor_flags(p)
     p.add_argument("--coefficients", metavar="A,B,G",
                    help="compound coefficients alpha,beta,gamma (e.g. from effscale search)")
     p.add_argument("--max-mismatch", type=float,
@@ -56,7 +73,7 @@ def add_parser(sub):
 
 FLAG_KEYS = ("preset", "base", "data", "data_dir", "recipe", "levels", "phis", "strategies",
              "seeds", "epochs", "stem_stride", "subset", "val_subset", "batch_size", "lr",
-             "jobs", "coefficients", "max_mismatch", "device", "precision", "out")
+             "jobs", "coefficients", "max_mismatch", "device", "precision", "out") + EXECUTOR_KEYS
 
 
 def command_line(name: str, args, keys) -> str:

@@ -1,0 +1,69 @@
+"""Every committed results directory is what the code that ships it would produce: re-planned
+with the current code (no training), nothing differs, and re-running its command trains nothing
+and rewrites identical tables."""
+
+import io
+import json
+import shutil
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from effscale.studies import load_study, plan_differences, run_status, study
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = sorted(p.parent for p in (ROOT / "results").glob("**/study.json"))
+RECORD_FILES = ("config.json", "metrics.csv", "summary.json")
+
+
+@pytest.mark.parametrize("study_dir", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_results_replan_identically(study_dir):
+    assert plan_differences(study_dir) == []
+    for key in load_study(study_dir)["runs"]:  # a run is committed whole or not at all
+        present = [(study_dir / "runs" / key / name).is_file() for name in RECORD_FILES]
+        assert all(present) or not any(present), f"{key}: {present}"
+
+
+@pytest.mark.parametrize("study_dir", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_rerunning_a_committed_study_trains_nothing_and_rewrites_identical_tables(
+        study_dir, tmp_path):
+    copy = tmp_path / study_dir.name
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns(
+        "*.safetensors", "*.pt", "logs", "report.*", "plateau"))
+    record = load_study(copy)
+    finished = [k for k in record["runs"] if run_status(copy / "runs" / k) == "finished"]
+    if len(finished) < len(record["runs"]):  # a study committed part by part: never train here
+        pytest.skip(f"{len(finished)} of {len(record['runs'])} runs committed so far")
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        study(dict(record["config"], out=str(copy)), command=record["commands"][-1],
+              report=False)
+    n = len(record["runs"])
+    assert f"{n} of {n} runs already finished: skipped" in printed.getvalue()
+    for name in ("results.csv", "results.md"):
+        assert (copy / name).read_text() == (study_dir / name).read_text(), name
+    after = load_study(copy)
+    assert after["environment"] == record["environment"]  # still the machine that trained it
+    assert after["wall_time_s"] == record["wall_time_s"]
+
+
+def test_a_changed_plan_is_caught(tmp_path):
+    """The check can fail: a study directory whose recorded plan differs from what the current
+    code plans (here, a model's MACs and a run's learning rate) is reported line by line."""
+    out = tmp_path / "study"
+    study({"base": "b0@phi=-6,r=0.1652", "data": "digits", "levels": "2.5",
+           "strategies": "baseline,width", "seeds": 1, "epochs": 1, "subset": 100,
+           "val_subset": 50, "jobs": 1, "out": str(out)}, dry_run=False, report=False,
+          command="test", echo=lambda *a: None)
+    assert plan_differences(out) == []
+    record = json.loads((out / "study.json").read_text())
+    record["models"][1]["macs"] += 1
+    (out / "study.json").write_text(json.dumps(record))
+    run = next(iter(record["runs"]))
+    saved = out / "runs" / run / "config.json"
+    config = json.loads(saved.read_text())
+    saved.write_text(json.dumps(dict(config, lr=config["lr"] * 2)))
+    found = plan_differences(out)
+    assert any("width at level 2.5: macs was" in line for line in found), found
+    assert any(line.startswith(f"{run}: lr was") for line in found), found
