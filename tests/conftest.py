@@ -16,7 +16,7 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 @pytest.fixture
 def run_cli(capsys):
     """Run `effscale ...` in-process; return (exit code, stdout, stderr)."""
-    from effscale.cli import main
+    from effscale.cli.main import main
 
     def run(*argv):
         code = main([str(a) for a in argv])

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from effscale import create_model
-from effscale.cams import (CamResult, LayerChoice, cam, choose_layer, compare_figure,
+from effscale.explain.cam import (CamResult, LayerChoice, cam, choose_layer, compare_figure,
                            curve_auc, deletion_curves)
-from effscale.checkpoint import model_meta, save_model_file
+from effscale.io.checkpoint import model_meta, save_model_file
 from effscale.data import Data, DatasetInfo, TensorSplit, load_data, make_loader
 
 # --- a task where the answer is known: the class is the colour of one square on a canvas ---

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from effscale import create_model, export_onnx
-from effscale.checkpoint import model_meta, save_model_file
+from effscale.io.checkpoint import model_meta, save_model_file
 
 
 @pytest.fixture(scope="module", autouse=True)

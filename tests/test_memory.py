@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from effscale.memory import GiB, estimate, family_table, parse_bytes, plan
+from effscale.model.memory import GiB, estimate, family_table, parse_bytes, plan
 from effscale.train import forward_backward, step_with_retry
 
 TINY = "b0@phi=-6,res=32"
@@ -57,7 +57,7 @@ def test_accumulated_gradient_equals_full_batch_gradient():
     """Micro-batches of 3, 3, 3, 1 give the full batch's gradient. The EfficientNet is in
     eval mode so BN uses running statistics (in train mode BN statistics legitimately
     depend on the micro-batch) and dropout / drop path are off."""
-    from effscale.model import create_model
+    from effscale.model.net import create_model
     torch.manual_seed(0)
     model = create_model(TINY, 10, stem_stride=1, in_chans=1).eval()
     x, y = torch.randn(10, 1, 32, 32), torch.randint(0, 10, (10,))

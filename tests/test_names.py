@@ -3,7 +3,7 @@ import math
 import pytest
 
 from effscale import model_spec, parse_name
-from effscale.spec import FAMILY
+from effscale.model.spec import FAMILY
 
 
 @pytest.mark.parametrize("name", list(FAMILY))

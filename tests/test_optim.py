@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from effscale.optim import RMSpropTF, create_optimizer, lr_at, param_groups
+from effscale.train.optim import RMSpropTF, create_optimizer, lr_at, param_groups
 
 
 def hand_rmsprop_tf(w, grads, lr, alpha, eps, momentum, wd=0.0):
@@ -65,7 +65,7 @@ def test_lr_change_affects_only_new_gradients():
 
 
 def test_no_weight_decay_on_bn_and_bias():
-    from effscale.model import create_model
+    from effscale.model.net import create_model
     model = create_model("b0@phi=-6,res=32", 10)
     decay, no_decay = param_groups(model, 1e-5, decay_bn_bias=False)
     assert decay["weight_decay"] == 1e-5 and no_decay["weight_decay"] == 0.0

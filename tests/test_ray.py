@@ -1,4 +1,4 @@
-"""The Ray executor (`effscale.executors.run_jobs_ray`) against a real local Ray cluster:
+"""The Ray executor (`effscale.experiments.ray_executor.run_jobs_ray`) against a real local Ray cluster:
 the same numbers as the local executor, skip on a second call, and a worker killed mid-run
 whose retried task resumes to the same metrics as an uninterrupted run."""
 
@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from effscale.executors import run_jobs_ray
-from effscale.studies import Job, run_jobs
+from effscale.experiments.ray_executor import run_jobs_ray
+from effscale.experiments.local import run_jobs
+from effscale.experiments.runs import Job
 
 # what a rerun must reproduce; images_per_s and wall_time are timings
 COMPARED = ("epoch", "train_loss", "val_loss", "top1", "top5", "lr", "raw_top1")

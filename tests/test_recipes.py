@@ -4,14 +4,13 @@ they say."""
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import pytest
 
 import effscale
-from effscale.optim import lr_at, momentum_at
-from effscale.recipes import fit_batch, get_recipe
+from effscale.train.optim import lr_at, momentum_at
+from effscale.train.recipes import fit_batch, get_recipe
 
 from conftest import FASHION_DIR
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from effscale.reporting import report
-from effscale.studies import study
+from effscale.report.results import report
+from effscale.experiments.study import study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from effscale.studies import load_study, plan_differences, run_status, study
+from effscale.experiments.runs import run_status
+from effscale.experiments.study import plan_differences, study
+from effscale.io.records import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(p.parent for p in (ROOT / "results").glob("**/study.json"))

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from effscale.coefsearch import candidates, gamma_for, parse_grid, ranked_rows, recommend
-from effscale.names import parse_name
+from effscale.experiments.search import candidates, gamma_for, parse_grid
+from effscale.report.search import ranked_rows, recommend
+from effscale.model.names import parse_name
 
 
 def test_grid_derives_gamma_and_skips_gamma_below_one():

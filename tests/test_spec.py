@@ -8,7 +8,7 @@ from timm.models._efficientnet_builder import round_channels
 from torchvision.models.efficientnet import _make_divisible
 
 from effscale import model_spec
-from effscale.spec import round_filters, round_repeats, stage_resolutions
+from effscale.model.spec import round_filters, round_repeats, stage_resolutions
 
 PAPER_TABLE_1 = [  # expand, kernel, stride, out channels, repeats
     (1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),

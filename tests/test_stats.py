@@ -3,7 +3,7 @@ and what it does to the study's conclusion."""
 
 import pytest
 
-from effscale import stats
+from effscale.report import stats
 
 
 def test_holm_matches_hand_computation():

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from effscale import stats
-from effscale.studies import (compound_base, mismatches, plan_models, plan_runs,
-                              resolve_config, run_jobs, run_status, Job)
-from effscale.names import parse_name
+from effscale.report import stats
+from effscale.experiments.local import run_jobs
+from effscale.experiments.runs import Job, run_status
+from effscale.experiments.study import (compound_base, mismatches, plan_models, plan_runs,
+                                        resolve_config)
+from effscale.model.names import parse_name
 
 
 # -- config and plan (pure) -----------------------------------------------------------------

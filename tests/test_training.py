@@ -87,7 +87,7 @@ def test_fashion_mnist_subset(tmp_path):
 
 
 def _train_subprocess(out, extra=()):
-    code = ("import sys, torch; torch.set_num_threads(%d); from effscale.cli import main; "
+    code = ("import sys, torch; torch.set_num_threads(%d); from effscale.cli.main import main; "
             "sys.exit(main(sys.argv[1:]))" % torch.get_num_threads())
     argv = [sys.executable, "-c", code, "train", "--out", str(out), "--checkpoint-steps", "3"]
     for key, value in SMALL.items():
@@ -152,14 +152,14 @@ def test_ddp_two_processes_gloo_end_with_identical_weights(tmp_path):
     sums = summary["param_checksums"]
     assert summary["world_size"] == 2 and len(sums) == 2 and sums[0] == sums[1]
     # rank 0's checksum is that of the weights it saved
-    from effscale.checkpoint import load_model_file
+    from effscale.io.checkpoint import load_model_file
     model, _ = load_model_file(out / "last.safetensors", use_ema=False)
     saved = sum(p.double().sum().item() for p in model.parameters())
     assert saved == pytest.approx(sums[0], rel=1e-12)
 
 
 def test_fine_tune_from_model_file(tmp_path):
-    from effscale.checkpoint import model_meta, save_model_file
+    from effscale.io.checkpoint import model_meta, save_model_file
     source = effscale.create_model("b0@phi=-6,res=16", 4, stem_stride=1, in_chans=1)
     path = tmp_path / "pretrained.safetensors"
     save_model_file(path, source, model_meta(source, dataset="made-up"))
@@ -168,7 +168,7 @@ def test_fine_tune_from_model_file(tmp_path):
     summary = effscale.train(**dict(SMALL, epochs=1), out=str(tmp_path / "ft"), lr=0.0,
                              ema_decay=0.0, pretrained=str(path), memory_budget="560MB")
     assert summary["accum_steps"] > 1 and summary["micro_batch"] < 32
-    from effscale.checkpoint import load_model_file
+    from effscale.io.checkpoint import load_model_file
     tuned, meta = load_model_file(tmp_path / "ft")
     assert tuned.num_classes == 10 and meta["dataset"] == "digits"
     torch.testing.assert_close(tuned.stem.conv.weight, source.stem.conv.weight)
@@ -248,7 +248,7 @@ def test_fine_tune_from_foreign_weights_on_gray_images_from_the_cli(run_cli, tmp
                            "--batch-size", "32", "--lr", "0", "--ema-decay", "0", "--out", out,
                            "--quiet")
     assert code == 0, err
-    from effscale.checkpoint import load_model_file
+    from effscale.io.checkpoint import load_model_file
     tuned, meta = load_model_file(out, use_ema=False)
     assert (meta["in_chans"], meta["bn"], tuned.num_classes) == (3, bn, 10)
     with warnings.catch_warnings():

@@ -16,27 +16,31 @@ __version__ = "0.1.0"
 # importing a submodule never shadows a function of the same name, except `train`: the
 # function effscale.train lives in the subpackage effscale.train (see _Package).
 _EXPORTS = {
-    "model_spec": "names", "parse_name": "names", "Variant": "names",
-    "ModelSpec": "spec", "StageSpec": "spec", "BlockSpec": "spec", "round_filters": "spec",
-    "round_repeats": "spec",
-    "create_model": "model", "EfficientNet": "model",
-    "profile": "measure", "match_flops": "measure", "Profile": "measure", "Match": "measure",
-    "load_weights": "weights",
-    "export_onnx": "onnx_export",
+    "model_spec": "model.names", "parse_name": "model.names", "Variant": "model.names",
+    "ModelSpec": "model.spec", "StageSpec": "model.spec", "BlockSpec": "model.spec",
+    "round_filters": "model.spec", "round_repeats": "model.spec",
+    "create_model": "model.net", "EfficientNet": "model.net",
+    "profile": "model.profile", "match_flops": "model.profile", "Profile": "model.profile",
+    "Match": "model.profile",
+    "load_weights": "io.weights",
+    "export_onnx": "io.export",
     "train": "train", "evaluate": "train",
-    "study": "studies", "search": "coefsearch", "report": "reporting",
-    "cam": "cams",
+    "study": "experiments.study", "search": "experiments.search", "report": "report.results",
+    "cam": "explain.cam",
 }
+# Functions that share their name with a subpackage (effscale.train, effscale.report): the
+# function wins at the top level, the subpackage stays importable by its full name.
+_SHADOWED = ("train", "report")
 
 
 class _Package(types.ModuleType):
-    """Keeps `effscale.train` the function: importing the subpackage effscale.train (by any
-    route, e.g. `from effscale.train import Config`) makes the import system set it as an
-    attribute here, and that would replace the function with the package."""
+    """Keeps `effscale.train` and `effscale.report` the functions: importing the subpackage of
+    the same name (by any route, e.g. `from effscale.train import Config`) makes the import
+    system set it as an attribute here, and that would replace the function with the package."""
 
     def __setattr__(self, name, value):
-        if name == "train" and isinstance(value, types.ModuleType):
-            value = value.train
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         super().__setattr__(name, value)
 
 

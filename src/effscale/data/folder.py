@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 
 from .augment import NO_AUGMENT, Augment, cutout
-from .loader import _AUGMENT, _check_channels, _to, derive_seed, generator, shard_batches, \
-    to_model_input
-from .sources import IMAGENET_MEAN, IMAGENET_STD
-from .splits import Data, DatasetInfo, stratified_subset
+from .batching import (AUGMENT_STREAM, check_channels, derive_seed, generator, shard_batches,
+                       to_device, to_model_input)
+from .splits import IMAGENET_MEAN, IMAGENET_STD, Data, DatasetInfo, stratified_subset
 
 EVAL_CROP_FRACTION = 0.875  # eval resizes to resolution / 0.875, then centre-crops
 MAX_UNREADABLE = 0.01  # refuse a split when more than this fraction of its files is unreadable
@@ -211,7 +210,7 @@ class FolderLoader:
         self.augment = augment if train else NO_AUGMENT
         self.seed, self.epoch, self.rank, self.start_batch = seed, epoch, rank, start_batch
         self.device = torch.device(device or "cpu")
-        self.channels = _check_channels(channels, 3)
+        self.channels = check_channels(channels, 3)
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         index_batches = shard_batches(len(split), batch_size=batch_size, train=train, seed=seed,
                                       epoch=epoch, rank=rank, world_size=world_size,
@@ -229,7 +228,7 @@ class FolderLoader:
         return max(0, self.num_batches - self.start_batch)
 
     def _keys(self):
-        return [[(i, derive_seed(self.seed, self.epoch, _AUGMENT, i)) for i in b.tolist()]
+        return [[(i, derive_seed(self.seed, self.epoch, AUGMENT_STREAM, i)) for i in b.tolist()]
                 for b in self.batches[self.start_batch:]]
 
     def __iter__(self):
@@ -240,9 +239,9 @@ class FolderLoader:
             _Files(self.split.samples, self.transform), batch_sampler=keys,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         for b, (images, labels) in enumerate(loader, start=self.start_batch):
-            images, labels = _to(images, self.device), _to(labels, self.device)
+            images, labels = to_device(images, self.device), to_device(labels, self.device)
             if self.augment.cutout:
-                gen = generator(self.seed, self.epoch, _AUGMENT, self.rank, b)
+                gen = generator(self.seed, self.epoch, AUGMENT_STREAM, self.rank, b)
                 images = cutout(images, self.augment.cutout, self._fill, gen)
             yield to_model_input(images, self.resolution, self._shift, self._scale,
                                  self.channels), labels

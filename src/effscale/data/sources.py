@@ -27,7 +27,6 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 # Normalisation statistics of each training split, on the [0, 1] scale.
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3758,)  # the 1,347-image train split below
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED = 0.25, 0  # fixed: every run sees the same split
 

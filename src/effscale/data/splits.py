@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 
+# torchvision's ImageNet normalisation: what pretrained weights and image folders expect
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class DatasetInfo:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .. import checkpoint as ckpt
-from ..model import create_model
-from ..spec import final_map_size, small_map_cures
+from ..io import checkpoint as ckpt
+from ..model.net import create_model
+from ..model.spec import final_map_size, small_map_cures
 from .config import Config
 
 
@@ -34,7 +34,7 @@ def pretrained_conventions(path: str) -> tuple[int, str]:
     try:
         _, meta = ckpt.read_model_file(path)
     except ValueError:
-        from ..weights import weights_info
+        from ..io.weights import weights_info
         info = weights_info(path)
         return info.in_chans, info.bn or "torch"
     return int(meta.get("in_chans", 3)), meta.get("bn", "torch")
@@ -72,7 +72,7 @@ def _load_effscale(model: nn.Module, path: str, tensors: dict, keep_classifier: 
 def _load_foreign(model: nn.Module, path: str, num_classes: int) -> int | None:
     """Loads weights of another format; returns their class count when their classifier was
     kept (it has the model's), else None (the model's own classifier is kept)."""
-    from ..weights import load_weights
+    from ..io.weights import load_weights
     try:
         load_weights(model, path)
         return num_classes

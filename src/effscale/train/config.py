@@ -10,9 +10,9 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from ..memory import parse_bytes
-from ..names import model_spec
-from ..recipes import OPTIMIZERS, RECIPE_FIELDS, SCHEDULES, fit_batch, get_recipe
+from ..model.memory import parse_bytes
+from ..model.names import model_spec
+from .recipes import OPTIMIZERS, RECIPE_FIELDS, SCHEDULES, fit_batch, get_recipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

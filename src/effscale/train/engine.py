@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from .. import checkpoint as ckpt
-from ..ema import ModelEma
-from ..files import write_json
-from ..memory import plan
-from ..optim import create_optimizer
+from ..io import checkpoint as ckpt
+from .ema import ModelEma
+from ..io.files import write_json
+from ..model.memory import plan
+from .optim import create_optimizer
 from .build import build_model, final_map_warning
 from .config import Config, resolve, run_config
 from .devices import (Dist, all_gather, all_reduce_sum, autocast, broadcast, resolve_precision,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import checkpoint as ckpt
+from ..io import checkpoint as ckpt
 from .devices import Dist, all_reduce_sum, autocast, resolve_precision
 
 

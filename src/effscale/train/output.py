@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..files import write_json
+from ..io.files import write_json
 from .config import Config
 
 BOARD_SCALARS = ("train_loss", "val_loss", "top1", "top5", "lr", "images_per_s")
@@ -67,7 +67,7 @@ def board_row(board, row: dict) -> None:
 
 def write_summary(out: Path, cfg: Config, model, history: list[dict], best_top1: float,
                   best_epoch: int, wall_time: float, status: str, **extra) -> dict:
-    from ..measure import profile
+    from ..model.profile import profile
     prof = profile(model)
     final = history[-1] if history else {}
     rates = [r["images_per_s"] for r in history]

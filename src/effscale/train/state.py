@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..ema import ModelEma
-from ..files import atomic_write
+from .ema import ModelEma
+from ..io.files import atomic_write
 from .devices import Dist, all_gather
 
 STATE_FILE = "state.pt"

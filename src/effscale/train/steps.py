@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from ..optim import lr_at, momentum_at
+from .optim import lr_at, momentum_at
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, step: int, schedule: dict) -> float:

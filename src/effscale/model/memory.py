@@ -19,7 +19,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from .measure import BYTES, profile
+from .profile import BYTES, profile
 from .names import model_spec
 from .spec import conv_out
 
@@ -189,6 +189,6 @@ def family_table(budget="80GB", batch_size: int = 32, models=None) -> list[dict]
     return rows
 
 
-if __name__ == "__main__":  # python -m effscale.memory: the family table on an 80 GB GPU
-    from .table import render
+if __name__ == "__main__":  # python -m effscale.model.memory: the family table on an 80 GB GPU
+    from ..report.table import render
     print(render(family_table(), "markdown"))

@@ -1,4 +1,4 @@
-"""`effscale SUBCOMMAND ...`: each subcommand lives in effscale/commands/<name>.py with
+"""`effscale SUBCOMMAND ...`: each subcommand lives in effscale/cli/<name>.py with
 `add_parser(subparsers)` and `run(args) -> int`. Bad input is one line on stderr and exit 2."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import importlib
 import os
 import sys
 
-from .executors import MissingExtra
+from ..experiments.ray_executor import MissingExtra
 
 COMMANDS = ("profile", "train", "evaluate", "study", "search", "cam", "report", "export")
 
@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"effscale.commands.{name}")
+            module = importlib.import_module(f"effscale.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"effscale.commands.{name}":
+            if exc.name != f"effscale.cli.{name}":
                 raise
             continue  # a subcommand not built yet
         module.add_parser(sub).set_defaults(handler=module.run)

@@ -33,8 +33,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .names import model_spec
-from .spec import B0_STAGES, FAMILY
+from ..model.names import model_spec
+from ..model.spec import B0_STAGES, FAMILY
 
 EXAMPLES = 3  # mismatching keys quoted per kind in an error message
 TF_EPS, TORCH_EPS = 1e-3, 1e-5

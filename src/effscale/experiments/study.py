@@ -19,25 +19,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import shlex
-import subprocess
-import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .files import write_json
-from .measure import match_flops, profile
-from .names import Variant, parse_name
-from .spec import FAMILY
+from ..io.files import write_json
+from ..io.records import check_same_runs, command_history, environment, load_study
+from ..model.profile import match_flops, profile
+from ..model.names import Variant, parse_name
+from ..model.spec import FAMILY
+from .executors import check_executor, execute
+from .runs import Job
 
 STRATEGIES = ("baseline", "depth", "width", "resolution", "compound")
 SINGLE = ("depth", "width", "resolution")
-EXECUTORS = ("local", "ray")  # local: in-process or a process pool; ray: one Ray task per run
 
 # (classes, channels) of the built-in datasets, so a plan needs no data loaded. Anything else
 # (imagefolder:PATH) asks effscale.data.
@@ -258,7 +253,7 @@ def dataset_shape(data: str, data_dir: str | None = None) -> tuple[int, int]:
     """(num_classes, in_chans) of a dataset, without loading it when it is built in."""
     if data in DATASETS:
         return DATASETS[data]
-    from .data import load_data  # imagefolder: the class list lives on disk
+    from ..data import load_data  # imagefolder: the class list lives on disk
     info = load_data(data, data_dir=data_dir).info
     return info.num_classes, info.in_chans
 
@@ -371,282 +366,8 @@ def train_config(config: StudyConfig, run: PlannedRun) -> dict:
 
 # -- the runner (shared with effscale search) -----------------------------------------------
 
-@dataclass(frozen=True)
-class Job:
-    key: str
-    out: Path          # the run directory
-    config: dict       # training-engine config, without out / resume
-
-
-def run_status(out: Path) -> str:
-    """'finished', 'partial' (something to resume) or 'new'."""
-    summary = Path(out) / "summary.json"
-    if summary.is_file():
-        try:
-            if json.loads(summary.read_text()).get("status") == "finished":
-                return "finished"
-        except (OSError, ValueError):
-            pass
-    if Path(out).is_dir() and any(Path(out).iterdir()):
-        return "partial"
-    return "new"
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _gpu_count(device: str | None) -> int:
-    if device is not None and not str(device).startswith("cuda") and device != "auto":
-        return 0
-    try:
-        import torch
-        return torch.cuda.device_count()
-    except Exception:  # no torch CUDA build: CPU only
-        return 0
-
-
-def auto_jobs(device: str | None = None) -> int:
-    """One worker per GPU, else one per CPU core: tiny models scale far better over processes
-    than over threads, and one thread per process is immune to the OpenMP spin-wait collapse
-    (measured 10x slower) that 2 threads per process suffer on a busy 2-core machine."""
-    return _gpu_count(device) or _cpu_count()
-
-
-def check_executor(config) -> None:
-    """The executor settings of a study or search config, checked before anything runs."""
-    if config.executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {config.executor!r}; choose from "
-                         f"{', '.join(EXECUTORS)}")
-    ray_only = [k for k in ("address", "cpus_per_run", "gpus_per_run")
-                if getattr(config, k) is not None]
-    if config.executor != "ray" and ray_only:
-        raise ValueError(f"--{ray_only[0].replace('_', '-')} needs --executor ray")
-    if config.cpus_per_run is not None and config.cpus_per_run <= 0:
-        raise ValueError(f"cpus_per_run must be > 0, got {config.cpus_per_run}")
-    if config.gpus_per_run is not None and config.gpus_per_run < 0:
-        raise ValueError(f"gpus_per_run must be >= 0, got {config.gpus_per_run}")
-
-
-def execute(jobs: list[Job], config, *, log_dir: Path, echo=print) -> dict:
-    """Train the jobs with the config's executor (a study's or a search's: both carry jobs,
-    device and the executor fields). Same answer from either: {key: status}."""
-    if config.executor == "ray":
-        from .executors import run_jobs_ray
-        gpus = config.gpus_per_run
-        if gpus is None:  # Ray hides the GPUs from a task that reserved none
-            gpus = 1 if str(config.device or "").startswith("cuda") else 0
-        return run_jobs_ray(jobs, address=config.address, cpus_per_run=config.cpus_per_run or 1,
-                            gpus_per_run=gpus, echo=echo)
-    return run_jobs(jobs, parallel=config.jobs or auto_jobs(config.device),
-                    device=config.device, log_dir=log_dir, echo=echo)
-
-
-def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
-             log_dir: Path | None = None, echo=print) -> dict:
-    """Train every job's run directory: skip finished, resume partial, train new.
-
-    parallel == 1 trains in this process. Otherwise each run is a worker process
-    (`python -m effscale.studies CONFIG_JSON`): one per visible GPU (CUDA_VISIBLE_DEVICES
-    pins it), or `parallel` on CPU with the cores split between them so N jobs do not
-    oversubscribe the machine. Returns {key: "finished" | "skipped" | "failed: ..."}.
-    A failed run does not stop the others; the caller reports them.
-    """
-    results, todo = split_jobs(jobs, echo)
-    if not todo:
-        return results
-    if parallel > 1:  # longest first: the slowest run does not start last and straggle
-        todo.sort(key=lambda item: -run_cost(item[0].config))
-    gpus = _gpu_count(device)
-    workers = min(parallel, gpus) if gpus and parallel > 1 else parallel
-    workers = max(1, min(workers, len(todo)))
-    threads = max(1, _cpu_count() // workers)
-    start = time.time()
-    counter = {"done": 0}
-    lock = threading.Lock()
-    slots = list(range(gpus)) if gpus else []
-
-    def one(item):
-        job, resume = item
-        config = dict(job.config, out=str(job.out), resume=resume)
-        t0 = time.time()
-        try:
-            if workers == 1:
-                from .train.engine import train
-                summary = train(config)
-            else:
-                with lock:
-                    gpu = slots.pop() if slots else None
-                try:
-                    summary = _run_worker(config, threads, gpu, log_dir, job.key)
-                finally:
-                    if gpu is not None:
-                        with lock:
-                            slots.append(gpu)
-            status = "finished"
-            top1 = summary.get("final_top1") if isinstance(summary, dict) else None
-            detail = f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # keep going: one bad run must not lose the others
-            status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            detail = status
-        with lock:
-            counter["done"] += 1
-            done = counter["done"]
-            elapsed = time.time() - start
-            echo(progress_line(done, len(todo), job, resume, detail, time.time() - t0, elapsed))
-        return job.key, status
-
-    echo(f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) with "
-         f"{workers} worker{'s' if workers > 1 else ''}"
-         + (f", {threads} threads each" if workers > 1 and not gpus else ""))
-    if workers == 1:
-        for item in todo:
-            key, status = one(item)
-            results[key] = status
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            for key, status in pool.map(one, todo):
-                results[key] = status
-    return results
-
-
-def split_jobs(jobs: list[Job], echo=print) -> tuple[dict, list[tuple[Job, bool]]]:
-    """({key: "skipped"} for finished runs, [(job, resume?)] for the rest); says how many were
-    skipped. Every executor starts here, so skip and resume mean the same everywhere."""
-    results, todo = {}, []
-    for job in jobs:
-        status = run_status(job.out)
-        if status == "finished":
-            results[job.key] = "skipped"
-        else:
-            todo.append((job, status == "partial"))
-    if results:
-        echo(f"{len(results)} of {len(jobs)} runs already finished: skipped")
-    return results, todo
-
-
-def progress_line(done: int, total: int, job: Job, resumed: bool, detail: str, took: float,
-                  elapsed: float) -> str:
-    eta = elapsed / done * (total - done)
-    return (f"[{done}/{total}] {job.key} ({job.config.get('model')})"
-            f"{' resumed' if resumed else ''}: {detail} in {took:.0f}s"
-            f" | elapsed {elapsed:.0f}s, eta {eta:.0f}s")
-
-
-def run_cost(config: dict) -> float:
-    """A run's MACs per image: the order in which to start runs (longest first)."""
-    try:
-        return profile(config["model"], stem_stride=config.get("stem_stride", 2)).macs
-    except (KeyError, ValueError):
-        return 0.0
-
-
-def _run_worker(config: dict, threads: int, gpu: int | None, log_dir: Path | None,
-                key: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               EFFSCALE_THREADS=str(threads))
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    log_path = Path(log_dir or config["out"]) / f"{key}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        proc = subprocess.run([sys.executable, "-m", "effscale.studies", json.dumps(config)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"worker exited with {proc.returncode}: {tail[0]} (log: {log_path})")
-    return json.loads((Path(config["out"]) / "summary.json").read_text())
-
-
-def _worker_main(argv: list[str]) -> int:
-    import torch
-    torch.set_num_threads(int(os.environ.get("EFFSCALE_THREADS", "1")))
-    from .train.engine import train
-    train(json.loads(argv[0]))
-    return 0
-
 
 # -- environment and the study file ---------------------------------------------------------
-
-def environment(device: str | None = None) -> dict:
-    """Versions and hardware, recorded with every study so a result says where it came from."""
-    from importlib import metadata
-    from . import __version__
-    env = {"python": platform.python_version(), "effscale": __version__,
-           "platform": platform.platform(), "cpus": _cpu_count()}
-    for package in ("torch", "torchvision", "numpy", "scipy", "matplotlib"):
-        try:
-            env[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            env[package] = None
-    try:
-        import torch
-        if torch.cuda.is_available() and device != "cpu":
-            env["device"] = ", ".join(torch.cuda.get_device_name(i)
-                                      for i in range(torch.cuda.device_count()))
-            env["cuda"] = torch.version.cuda
-        else:
-            env["device"] = f"cpu ({_cpu_model()}, {_cpu_count()} cores)"
-    except ImportError:
-        env["device"] = "cpu"
-    return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
-
-
-def current_command() -> str:
-    argv = list(sys.argv)
-    if argv and (argv[0].endswith("effscale") or argv[0].endswith("__main__.py")
-                 or argv[0] == "-m"):
-        return shlex.join(["effscale"] + argv[1:])
-    return shlex.join(argv)
-
-
-def command_history(old: dict, command: str | None = None) -> list[str]:
-    """The commands that built a study or search directory, this one appended if new."""
-    commands = list(old.get("commands", []))
-    command = command or current_command()
-    if not commands or commands[-1] != command:
-        commands.append(command)
-    return commands
-
-
-def load_study(study_dir: str | Path) -> dict:
-    path = Path(study_dir) / "study.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{study_dir} is not a study directory (no study.json)")
-    return json.loads(path.read_text())
-
-
-def _check_same_study(old: dict, runs: dict[str, dict]) -> None:
-    """Refuse to mix two different studies in one directory: a run whose training config
-    changed (other epochs, recipe, model...) would silently resume or skip the wrong thing."""
-    for key, run in old.get("runs", {}).items():
-        new = runs.get(key)
-        if new is None:
-            continue
-        before, after = run.get("train", {}), new["train"]
-        changed = sorted(k for k in set(before) | set(after)
-                         if before.get(k) != after.get(k)
-                         and k not in ("quiet", "device", "data_dir"))  # not in the numbers
-        if changed:
-            k = changed[0]
-            raise ValueError(f"{key} was planned with {k}={before.get(k)!r}, now "
-                             f"{after.get(k)!r}: this directory holds a different study; "
-                             f"use another --out")
 
 
 # Training-config keys that say where and how a run was executed, not what it computed.
@@ -688,7 +409,7 @@ def plan_differences(study_dir: str | Path) -> list[str]:
         if saved.is_file():
             if train_size is None:
                 train_size = _train_size(config)
-            from .train.config import make_config, resolve
+            from ..train.config import make_config, resolve
             resolved = resolve(make_config(cfg, out=str(study_dir / "runs" / key)), train_size)
             out += _config_differences(key, json.loads(saved.read_text()), resolved.as_dict())
     return out
@@ -700,7 +421,7 @@ def _config_differences(key: str, then: dict, now: dict) -> list[str]:
 
 
 def _train_size(config: StudyConfig) -> int:
-    from .data import load_data
+    from ..data import load_data
     return len(load_data(config.data, data_dir=config.data_dir, download=False,
                          subset=config.subset, val_subset=config.val_subset).train)
 
@@ -745,7 +466,7 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
                            "seed": r.seed, "model": r.model.model,
                            "train": train_config(config, r)} for r in runs}
     old = load_study(out) if (out / "study.json").is_file() else {}
-    _check_same_study(old, run_entries)
+    check_same_runs(old, run_entries)
     commands = command_history(old, command)
     record = {
         "kind": "study",
@@ -782,10 +503,10 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     failed = [k for k, s in statuses.items() if s.startswith("failed")]
     for key in failed:
         echo(f"warning: {key} {statuses[key]}")
-    from .reporting import write_results
+    from ..report.results import write_results
     summary = write_results(out)
     if report:
-        from .reporting import report as make_report
+        from ..report.results import report as make_report
         make_report(out, echo=echo)
     summary.update(out=str(out), failed=failed, wall_time_s=record["wall_time_s"])
     if config.data in SCOPE:
@@ -793,5 +514,3 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     return summary
 
 
-if __name__ == "__main__":  # worker process of run_jobs
-    sys.exit(_worker_main(sys.argv[1:]))

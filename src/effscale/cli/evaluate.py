@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..table import render
+from ..report.table import render
 
 
 def add_parser(sub):

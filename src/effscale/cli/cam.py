@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from ..table import render
+from ..report.table import render
 
 METHOD_NAMES = ("gradcam", "gradcam++", "layercam", "eigencam", "scorecam")
 
@@ -47,7 +47,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..cams import METHODS, cam, load_data_for
+    from ..explain.cam import METHODS, cam, load_data_for
 
     if args.method.strip().lower() not in METHODS:
         raise ValueError(f"unknown CAM method {args.method!r}; choose from {', '.join(METHODS)}")
@@ -73,8 +73,8 @@ def run(args) -> int:
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"effscale: warning: {message}", file=sys.stderr)
     if args.compare:
-        from ..camfigures import comparison_figure
-        from ..cams import _run_title
+        from ..explain.figures import comparison_figure
+        from ..explain.cam import _run_title
         titles = args.labels or [_run_title(r) for r in runs]
         comparison_figure(results, args.out, titles=titles)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..names import parse_name
-from ..measure import DIMENSIONS, match_flops, profile
-from ..spec import PAPER_FLOPS
-from ..table import render
+from ..model.names import parse_name
+from ..model.profile import DIMENSIONS, match_flops, profile
+from ..model.spec import PAPER_FLOPS
+from ..report.table import render
 
 LEGEND = ("MACs(G): multiply-accumulates of convs + FC, what the paper calls FLOPs; "
           "FLOPs(G): 2 x MACs, torch.utils.flop_counter's convention; "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..studies import EXECUTORS, PRESETS, STRATEGIES
+from ..experiments.executors import EXECUTORS
+from ..experiments.study import PRESETS, STRATEGIES
 
 EXECUTOR_KEYS = ("executor", "address", "cpus_per_run", "gpus_per_run")
 
@@ -91,7 +92,7 @@ def command_line(name: str, args, keys) -> str:
 
 
 def run(args) -> int:
-    from ..studies import study
+    from ..experiments.study import study
     file_values = {}
     if args.config:
         path = Path(args.config)

@@ -18,8 +18,8 @@ import torch
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .checkpoint import load_model_file, read_model_file
-from .spec import small_map_cures, stage_resolutions
+from ..io.checkpoint import load_model_file, read_model_file
+from ..model.spec import small_map_cures, stage_resolutions
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM,
            "eigencam": EigenCAM, "scorecam": ScoreCAM}
@@ -234,11 +234,11 @@ class CamResult:
 
     def figure(self, out_path: str | Path, **kwargs) -> Path:
         """The grid figure (see camfigures.grid_figure)."""
-        from .camfigures import grid_figure
+        from .figures import grid_figure
         return grid_figure(self, out_path, **kwargs)
 
     def rows(self) -> list[dict]:
-        """One row per image, for effscale.table.render."""
+        """One row per image, for effscale.report.table.render."""
         return [{"image": i, "true": self.class_name(t), "predicted": self.class_name(p),
                  "confidence": round(float(c), 4), "correct": bool(ok),
                  "target": self.class_name(g), "map_peak": _peak_text(m)}
@@ -267,7 +267,7 @@ def _resolve_data(data, meta: dict, data_dir):
             raise ValueError("the checkpoint names no dataset: pass --data NAME")
         data_dir = data_dir if data_dir is not None else meta.get("data_dir")
     if isinstance(data, str):
-        from .data import load_data
+        from ..data import load_data
         return load_data(data, data_dir=data_dir)
     if hasattr(data, "info") and hasattr(data, "val"):
         return data
@@ -285,7 +285,7 @@ def first_images(data, model, n: int, split: str = "val", seed: int = 0):
     """The first n images of a split, as the model sees them at evaluation: resized to its
     resolution, its channel count, normalised (same images for every model, whatever its
     resolution). Returns (inputs float N,C,R,R, labels int64 N)."""
-    from .data import make_loader
+    from ..data import make_loader
     if n < 1:
         raise ValueError(f"images must be >= 1, got {n}")
     if split not in ("val", "train"):
@@ -306,7 +306,7 @@ def first_images(data, model, n: int, split: str = "val", seed: int = 0):
 
 
 def _denormalize(inputs: torch.Tensor, info) -> np.ndarray:
-    from .data import denormalize
+    from ..data import denormalize
     images = denormalize(inputs.detach().cpu(), info).clamp(0, 1)
     return images.permute(0, 2, 3, 1).numpy().astype(np.float32)
 
@@ -428,7 +428,7 @@ def compare_figure(run_dirs, data=None, out_path="cams_compare.png", *, images: 
     differ in resolution: each sees the images at its own resolution and its map is shown
     upsampled to a common display size. Returns the CamResults, one per model.
     """
-    from .camfigures import comparison_figure
+    from .figures import comparison_figure
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise ValueError("compare_figure needs at least one run")

@@ -22,7 +22,7 @@ from torch import nn
 
 from .checkpoint import load_model_file, model_meta
 from .files import atomic_write
-from .model import EfficientNet, create_model
+from ..model.net import EfficientNet, create_model
 
 INPUT, OUTPUT = "images", "logits"
 TRACE_BATCH = 2    # torch.export specialises a size-1 dimension, so a dynamic batch traces at 2

@@ -41,7 +41,7 @@ KEYS = ("base", "data", "data_dir", "recipe", "alphas", "betas", "tolerance", "s
 
 
 def run(args) -> int:
-    from ..coefsearch import search
+    from ..experiments.search import search
     values = {k: getattr(args, k) for k in KEYS}
     if args.no_paper:
         values["paper"] = False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import atomic_write
+from ..io.files import atomic_write
 
 # one colour and marker per strategy, the same in every figure (colour-blind safe palette)
 STYLE = {

@@ -10,14 +10,13 @@ CSS, images as data URIs, no script, no network), so the two never disagree.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import math
 import time
 from pathlib import Path
 
 from . import stats
+from ..io.records import load_study, read_run
 from .table import render
 
 # The paper's Table 7 (REFERENCE.md): scaling B0 one dimension at a time vs compound.
@@ -33,22 +32,6 @@ STRATEGY_ORDER = ("baseline", "depth", "width", "resolution", "compound")
 
 
 # -- reading runs ---------------------------------------------------------------------------
-
-def read_run(run_dir: Path) -> dict:
-    """summary (or {}), per-epoch metrics rows, status."""
-    run_dir = Path(run_dir)
-    summary = {}
-    if (run_dir / "summary.json").is_file():
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except ValueError:
-            summary = {}
-    metrics = []
-    if (run_dir / "metrics.csv").is_file():
-        with open(run_dir / "metrics.csv", newline="") as f:
-            metrics = list(csv.DictReader(f))
-    return {"summary": summary, "metrics": metrics,
-            "finished": summary.get("status") == "finished"}
 
 
 def _num(value):
@@ -223,7 +206,6 @@ def plateau_rows(study_dir: Path, plan: dict, runs: dict[str, dict]) -> list[dic
     sub = Path(study_dir) / PLATEAU
     if not (sub / "study.json").is_file():
         return []
-    from .studies import load_study
     longer = load_study(sub)
     out = []
     for key, r in longer["runs"].items():
@@ -247,7 +229,6 @@ def _read_all(study_dir: Path, plan: dict) -> dict[str, dict]:
 def write_results(study_dir: str | Path) -> dict:
     """results.csv, results.md and plots/ of a study directory; returns what it computed."""
     from . import plots
-    from .studies import load_study
     study_dir = Path(study_dir)
     plan = load_study(study_dir)
     runs = _read_all(study_dir, plan)
@@ -299,7 +280,7 @@ def report(study_dir: str | Path, *, cams: bool = True, images: int = 6, echo=pr
     """Write report.html and report.md in a study (or search) directory; return their paths."""
     study_dir = Path(study_dir)
     if (study_dir / "search.json").is_file():
-        from .coefsearch import search_sections
+        from .search import search_sections
         title, sections = search_sections(study_dir)
     elif (study_dir / "study.json").is_file():
         title, sections = _study_sections(study_dir, cams=cams, images=images, echo=echo)
@@ -417,7 +398,7 @@ def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
         # drawn when they were there instead of losing it
         return ("img", out_path, caption + " (drawn when the runs' weights were present)")
     try:
-        from .cams import compare_figure
+        from ..explain.cam import compare_figure
         compare_figure([study_dir / "runs" / k for k, _ in chosen], cfg["data"], out_path,
                        images=images, method="gradcam",
                        labels=[r["strategy"] for _, r in chosen],  # it adds the model name

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .files import atomic_write
+from ..io.files import atomic_write
 
 CAM_COLORMAP = "jet"  # the colour map of every heat map effscale draws
 CAM_ALPHA = 0.45  # heat-map opacity over the image

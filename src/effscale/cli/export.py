@@ -32,7 +32,7 @@ def add_parser(sub):
 
 def _model(args):
     """(model, metadata): the checkpoint's, or one built from the name, --weights loaded."""
-    from ..onnx_export import resolve_model
+    from ..io.export import resolve_model
 
     is_checkpoint = Path(args.model).exists()
     if is_checkpoint and args.weights:
@@ -41,14 +41,14 @@ def _model(args):
         raise ValueError(f"--classes must be >= 1, got {args.classes}")
     model, meta = resolve_model(args.model, num_classes=args.classes, bn=args.bn)
     if args.weights:
-        from ..weights import load_weights
+        from ..io.weights import load_weights
         load_weights(model, args.weights)
         meta = dict(meta, weights=str(args.weights))
     return model, meta
 
 
 def run(args) -> int:
-    from ..onnx_export import export_onnx
+    from ..io.export import export_onnx
 
     try:
         model, meta = _model(args)

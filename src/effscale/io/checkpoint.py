@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .files import atomic_write
-from .model import EfficientNet, create_model
+from ..model.net import EfficientNet, create_model
 
 EMA_PREFIX = "ema."
 MODEL_FILES = ("best.safetensors", "last.safetensors")

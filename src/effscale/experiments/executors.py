@@ -1,0 +1,40 @@
+"""Which executor trains a study's or a search's runs: the choice, its checks, the dispatch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .local import auto_jobs, run_jobs
+from .runs import Job
+
+
+EXECUTORS = ("local", "ray")  # local: in-process or a process pool; ray: one Ray task per run
+
+
+def check_executor(config) -> None:
+    """The executor settings of a study or search config, checked before anything runs."""
+    if config.executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {config.executor!r}; choose from "
+                         f"{', '.join(EXECUTORS)}")
+    ray_only = [k for k in ("address", "cpus_per_run", "gpus_per_run")
+                if getattr(config, k) is not None]
+    if config.executor != "ray" and ray_only:
+        raise ValueError(f"--{ray_only[0].replace('_', '-')} needs --executor ray")
+    if config.cpus_per_run is not None and config.cpus_per_run <= 0:
+        raise ValueError(f"cpus_per_run must be > 0, got {config.cpus_per_run}")
+    if config.gpus_per_run is not None and config.gpus_per_run < 0:
+        raise ValueError(f"gpus_per_run must be >= 0, got {config.gpus_per_run}")
+
+
+def execute(jobs: list[Job], config, *, log_dir: Path, echo=print) -> dict:
+    """Train the jobs with the config's executor (a study's or a search's: both carry jobs,
+    device and the executor fields). Same answer from either: {key: status}."""
+    if config.executor == "ray":
+        from .ray_executor import run_jobs_ray
+        gpus = config.gpus_per_run
+        if gpus is None:  # Ray hides the GPUs from a task that reserved none
+            gpus = 1 if str(config.device or "").startswith("cuda") else 0
+        return run_jobs_ray(jobs, address=config.address, cpus_per_run=config.cpus_per_run or 1,
+                            gpus_per_run=gpus, echo=echo)
+    return run_jobs(jobs, parallel=config.jobs or auto_jobs(config.device),
+                    device=config.device, log_dir=log_dir, echo=echo)

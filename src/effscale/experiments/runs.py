@@ -1,0 +1,63 @@
+"""A training run as the experiments see it: a Job (key, run directory, training config), its
+status on disk, and what every executor prints and sorts by. Executors (local.py,
+ray_executor.py) share these so that skip, resume and progress mean the same everywhere."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..model.profile import profile
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    out: Path          # the run directory
+    config: dict       # training-engine config, without out / resume
+
+
+def run_status(out: Path) -> str:
+    """'finished', 'partial' (something to resume) or 'new'."""
+    summary = Path(out) / "summary.json"
+    if summary.is_file():
+        try:
+            if json.loads(summary.read_text()).get("status") == "finished":
+                return "finished"
+        except (OSError, ValueError):
+            pass
+    if Path(out).is_dir() and any(Path(out).iterdir()):
+        return "partial"
+    return "new"
+
+
+def split_jobs(jobs: list[Job], echo=print) -> tuple[dict, list[tuple[Job, bool]]]:
+    """({key: "skipped"} for finished runs, [(job, resume?)] for the rest); says how many were
+    skipped. Every executor starts here, so skip and resume mean the same everywhere."""
+    results, todo = {}, []
+    for job in jobs:
+        status = run_status(job.out)
+        if status == "finished":
+            results[job.key] = "skipped"
+        else:
+            todo.append((job, status == "partial"))
+    if results:
+        echo(f"{len(results)} of {len(jobs)} runs already finished: skipped")
+    return results, todo
+
+
+def progress_line(done: int, total: int, job: Job, resumed: bool, detail: str, took: float,
+                  elapsed: float) -> str:
+    eta = elapsed / done * (total - done)
+    return (f"[{done}/{total}] {job.key} ({job.config.get('model')})"
+            f"{' resumed' if resumed else ''}: {detail} in {took:.0f}s"
+            f" | elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+
+
+def run_cost(config: dict) -> float:
+    """A run's MACs per image: the order in which to start runs (longest first)."""
+    try:
+        return profile(config["model"], stem_stride=config.get("stem_stride", 2)).macs
+    except (KeyError, ValueError):
+        return 0.0

@@ -1,0 +1,205 @@
+"""`effscale search`: the paper's step 1, a grid search of the compound coefficients.
+
+For each (alpha, beta) on a grid, gamma is derived so that alpha * beta^2 * gamma^2 = 2
+(FLOPs double per unit of phi); candidates with gamma < 1 are skipped (the paper requires
+alpha, beta, gamma >= 1). Each candidate is `BASE@phi=1,alpha=..,beta=..,gamma=..`, trained
+with a proxy budget (few epochs, a data subset) over seeds by the study runner, and ranked by
+mean top-1. The paper's 1.2 / 1.1 / 1.15 is trained on the same budget and ranked with them.
+
+The search directory holds `search.json`, `runs/a<alpha>-b<beta>-s<seed>/`,
+`search_results.csv` / `.md`, `best_coefficients.json` and `plots/heatmap.{png,svg}`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..io.files import write_json
+from ..io.records import (check_same_runs, command_history, environment, load_record,
+                          search_run_key)
+from ..model.names import parse_name
+from ..model.profile import profile
+from .executors import check_executor, execute
+from .runs import Job
+from .study import DATASETS, compound_base, dataset_shape, parse_floats
+from ..report.search import PAPER, write_search_results
+
+TARGET = 2.0         # FLOPs multiplier per unit of phi (paper eq. 3)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    base: str = "b0@phi=-6,r=0.1652"
+    data: str = "digits"
+    data_dir: str | None = None
+    recipe: str | None = "fast"
+    # the default: a 3 x 3 grid around the paper's point, trained like the quick study (10
+    # epochs, every model ~98%) in about 5 minutes on 2 cores; widen it with
+    # --alphas 1.0:1.4:0.1 --betas 1.0:1.2:0.05 (24 candidates) where there is time
+    alphas: tuple[float, ...] = (1.1, 1.2, 1.3)
+    betas: tuple[float, ...] = (1.05, 1.1, 1.15)
+    tolerance: float = 0.02      # |alpha*beta^2*gamma^2 / 2 - 1| allowed after rounding gamma
+    seeds: int = 2
+    epochs: int = 10             # the proxy budget
+    subset: int | None = None
+    val_subset: int | None = None
+    stem_stride: int = 1
+    batch_size: int | None = None
+    jobs: int | None = None      # None: one per GPU, else one per CPU core
+    executor: str = "local"      # the executor fields mean what they mean in a study
+    address: str | None = None
+    cpus_per_run: float | None = None
+    gpus_per_run: float | None = None
+    device: str | None = None
+    precision: str | None = None
+    paper: bool = True           # also train the paper's 1.2 / 1.1 / 1.15
+    out: str = "runs/search"
+    train: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def parse_grid(text, what: str) -> tuple[float, ...]:
+    """'1.0,1.1,1.2' or 'start:stop:step' (inclusive) -> floats."""
+    if isinstance(text, str) and ":" in text:
+        parts = parse_floats(text.replace(":", ","), what)
+        if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
+            raise ValueError(f"{what}: {text!r} is not START:STOP:STEP with STEP > 0")
+        count = int(math.floor((parts[1] - parts[0]) / parts[2] + 1e-9)) + 1
+        return tuple(round(parts[0] + i * parts[2], 6) for i in range(count))
+    values = parse_floats(text, what)
+    if not values:
+        raise ValueError(f"{what}: empty grid")
+    return values
+
+
+def gamma_for(alpha: float, beta: float, target: float = TARGET) -> float:
+    """gamma with alpha * beta^2 * gamma^2 = target, rounded to 3 decimals for short names."""
+    return round(math.sqrt(target / (alpha * beta * beta)), 3)
+
+
+def candidates(alphas, betas, *, tolerance: float = 0.02, target: float = TARGET) -> list[dict]:
+    """The valid grid points: all coefficients >= 1 and the FLOPs product within tolerance.
+    Pure; the skipped points carry the reason (shown as gaps in the heat map)."""
+    out = []
+    for a in alphas:
+        for b in betas:
+            g = gamma_for(a, b, target)
+            product = a * b * b * g * g
+            reason = None
+            if a < 1 or b < 1:
+                reason = "alpha and beta must be >= 1"
+            elif g < 1:
+                reason = f"gamma {g:g} < 1 (alpha*beta^2 = {a * b * b:.3f} > {target:g})"
+            elif abs(product / target - 1) > tolerance:
+                reason = f"alpha*beta^2*gamma^2 = {product:.3f}, off {target:g} by more than " \
+                         f"{tolerance:.0%}"
+            out.append({"alpha": a, "beta": b, "gamma": g, "product": round(product, 4),
+                        "skip": reason})
+    return out
+
+
+def _at_phi(base: str, coefficients, phi: float) -> str:
+    cbase = compound_base(parse_name(base), coefficients)
+    return str(cbase.with_(phi=round(cbase.phi + phi, 4)))
+
+
+def resolve_config(values: dict) -> SearchConfig:
+    values = {k: v for k, v in values.items() if v is not None}
+    unknown = sorted(set(values) - set(SearchConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown search config key(s): {', '.join(unknown)}")
+    for key in ("alphas", "betas"):
+        if key in values:
+            values[key] = parse_grid(values[key], key)
+    config = SearchConfig(**values)
+    parse_name(config.base)
+    if config.seeds < 1 or int(config.seeds) != config.seeds:
+        raise ValueError(f"seeds must be a whole number >= 1, got {config.seeds}")
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+    if config.jobs is not None and config.jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {config.jobs}")
+    check_executor(config)
+    if config.data not in DATASETS and not config.data.startswith("imagefolder:"):
+        raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)} "
+                         f"or imagefolder:PATH")
+    if not any(c["skip"] is None for c in candidates(config.alphas, config.betas,
+                                                     tolerance=config.tolerance)):
+        raise ValueError("no grid point has alpha, beta, gamma >= 1 with "
+                         "alpha*beta^2*gamma^2 = 2; widen --alphas / --betas")
+    return config
+
+
+def search(config: SearchConfig | dict | None = None, *, command: str | None = None,
+           echo=print, **overrides) -> dict:
+    """Run (or resume) the grid search; returns the ranked rows and the best coefficients."""
+    values = config.as_dict() if isinstance(config, SearchConfig) else dict(config or {})
+    values.update(overrides)
+    config = resolve_config(values)
+    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
+    grid = candidates(config.alphas, config.betas, tolerance=config.tolerance)
+    points = [dict(c, paper=False) for c in grid if c["skip"] is None]
+    if config.paper:
+        points.append({"alpha": PAPER[0], "beta": PAPER[1], "gamma": PAPER[2],
+                       "product": round(PAPER[0] * PAPER[1] ** 2 * PAPER[2] ** 2, 4),
+                       "skip": None, "paper": True})
+    for p in points:
+        p["model"] = _at_phi(config.base, (p["alpha"], p["beta"], p["gamma"]), 1.0)
+        prof = profile(p["model"], num_classes=num_classes, stem_stride=config.stem_stride,
+                       in_chans=in_chans)
+        p.update(macs=prof.macs, params=prof.params, resolution=prof.resolution)
+    out = Path(config.out)
+    runs = {}
+    for p in points:
+        for seed in range(config.seeds):
+            train = dict(config.train)
+            train.update(model=p["model"], data=config.data, seed=seed, epochs=config.epochs,
+                         stem_stride=config.stem_stride, quiet=True)
+            for key in ("data_dir", "recipe", "subset", "val_subset", "batch_size", "device",
+                        "precision"):
+                if getattr(config, key) is not None:
+                    train[key] = getattr(config, key)
+            runs[search_run_key(p["alpha"], p["beta"], seed, p["paper"])] = {
+                "alpha": p["alpha"], "beta": p["beta"], "gamma": p["gamma"], "seed": seed,
+                "paper": p["paper"], "model": p["model"], "train": train}
+    old = load_record(out, "search") if (out / "search.json").is_file() else {}
+    check_same_runs(old, runs)
+    commands = command_history(old, command)
+    base_macs = profile(config.base, num_classes=num_classes, stem_stride=config.stem_stride,
+                        in_chans=in_chans).macs
+    record = {"kind": "search", "config": config.as_dict(), "grid": grid, "points": points,
+              "runs": runs, "base_macs": base_macs, "num_classes": num_classes,
+              "in_chans": in_chans, "seeds": list(range(config.seeds)), "commands": commands,
+              "environment": environment(config.device),
+              "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                              time.gmtime())}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "search.json", record)
+    echo(f"search {out}: {len(points)} candidates x {config.seeds} seeds on {config.data}, "
+         f"{config.epochs} epochs each (proxy budget)")
+    t0 = time.time()
+    statuses = execute([Job(k, out / "runs" / k, r["train"]) for k, r in runs.items()],
+                       config, log_dir=out / "logs", echo=echo)
+    record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
+    write_json(out / "search.json", record)
+    result = write_search_results(out)
+    best = result["best"]
+    if best:
+        echo(f"best: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
+             f"({best['top1']}) -> effscale study --coefficients "
+             f"{best['alpha']:g},{best['beta']:g},{best['gamma']:g}")
+    else:
+        echo(f"no recommendation: {result['why']}")
+    if result["paper_rank"]:
+        echo(result["paper_rank"])
+    from ..report.results import report
+    report(out, echo=echo)
+    result.update(out=str(out), failed=[k for k, s in statuses.items() if s.startswith("failed")])
+    return result
+
+

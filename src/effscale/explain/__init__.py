@@ -1,0 +1,1 @@
+"""Class activation maps: which layer, which images, how faithful, and their figures."""

@@ -1,0 +1,1 @@
+"""Bytes on disk: atomic files, checkpoints, foreign weights, ONNX export."""

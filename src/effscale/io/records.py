@@ -1,0 +1,120 @@
+"""The record of a study or search directory (study.json / search.json): reading it, the
+environment and commands it keeps, and refusing to mix two different experiments in one
+directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+
+def environment(device: str | None = None) -> dict:
+    """Versions and hardware, recorded with every study so a result says where it came from."""
+    from importlib import metadata
+    from .. import __version__
+    env = {"python": platform.python_version(), "effscale": __version__,
+           "platform": platform.platform(), "cpus": (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)}
+    for package in ("torch", "torchvision", "numpy", "scipy", "matplotlib"):
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            env[package] = None
+    try:
+        import torch
+        if torch.cuda.is_available() and device != "cpu":
+            env["device"] = ", ".join(torch.cuda.get_device_name(i)
+                                      for i in range(torch.cuda.device_count()))
+            env["cuda"] = torch.version.cuda
+        else:
+            env["device"] = f"cpu ({_cpu_model()}, {(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)} cores)"
+    except ImportError:
+        env["device"] = "cpu"
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def current_command() -> str:
+    argv = list(sys.argv)
+    if argv and (argv[0].endswith("effscale") or argv[0].endswith("__main__.py")
+                 or argv[0] == "-m"):
+        return shlex.join(["effscale"] + argv[1:])
+    return shlex.join(argv)
+
+
+def command_history(old: dict, command: str | None = None) -> list[str]:
+    """The commands that built a study or search directory, this one appended if new."""
+    commands = list(old.get("commands", []))
+    command = command or current_command()
+    if not commands or commands[-1] != command:
+        commands.append(command)
+    return commands
+
+
+RECORDS = {"study": "study.json", "search": "search.json"}
+
+
+def load_record(path: str | Path, kind: str = "study") -> dict:
+    """The record of a study or search directory; FileNotFoundError naming what is missing."""
+    file = Path(path) / RECORDS[kind]
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a {kind} directory (no {RECORDS[kind]})")
+    return json.loads(file.read_text())
+
+
+def load_study(study_dir: str | Path) -> dict:
+    return load_record(study_dir, "study")
+
+
+def check_same_runs(old: dict, runs: dict[str, dict]) -> None:
+    """Refuse to mix two different studies in one directory: a run whose training config
+    changed (other epochs, recipe, model...) would silently resume or skip the wrong thing."""
+    for key, run in old.get("runs", {}).items():
+        new = runs.get(key)
+        if new is None:
+            continue
+        before, after = run.get("train", {}), new["train"]
+        changed = sorted(k for k in set(before) | set(after)
+                         if before.get(k) != after.get(k)
+                         and k not in ("quiet", "device", "data_dir"))  # not in the numbers
+        if changed:
+            k = changed[0]
+            raise ValueError(f"{key} was planned with {k}={before.get(k)!r}, now "
+                             f"{after.get(k)!r}: this directory holds a different study; "
+                             f"use another --out")
+
+
+def search_run_key(alpha: float, beta: float, seed: int, paper: bool = False) -> str:
+    """A search's run directory name under runs/: a<alpha>-b<beta>-s<seed>, or paper-s<seed>
+    for the paper's point."""
+    return f"paper-s{seed}" if paper else f"a{alpha:g}-b{beta:g}-s{seed}"
+
+
+def read_run(run_dir: Path) -> dict:
+    """summary (or {}), per-epoch metrics rows, status."""
+    run_dir = Path(run_dir)
+    summary = {}
+    if (run_dir / "summary.json").is_file():
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except ValueError:
+            summary = {}
+    metrics = []
+    if (run_dir / "metrics.csv").is_file():
+        with open(run_dir / "metrics.csv", newline="") as f:
+            metrics = list(csv.DictReader(f))
+    return {"summary": summary, "metrics": metrics,
+            "finished": summary.get("status") == "finished"}

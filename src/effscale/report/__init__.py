@@ -1,0 +1,1 @@
+"""From finished runs to tables, statistics, plots and the self-contained report."""

@@ -1,0 +1,120 @@
+"""The package's shape: no import cycles (function-level imports included: they hide cycles,
+they do not remove them) and no private name used across modules. Read from the source with
+ast, so the test sees every import whether or not it runs."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "effscale"
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name (effscale.x.y) -> file, for every module of the package."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ["effscale", *path.relative_to(PACKAGE).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path):
+    """(target module, imported names or None, node) for every effscale import in a module."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "effscale":
+                    yield alias.name, None, node
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            if source.split(".")[0] != "effscale":
+                continue
+            for alias in node.names:  # `from pkg import module` imports that module
+                sub = f"{source}.{alias.name}"
+                yield (sub, None, node) if sub in MODULES else (source, alias.name, node)
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {name: set() for name in MODULES}
+    for name, path in MODULES.items():
+        for target, _, _ in _imports(name, path):
+            if target != name and target in MODULES:
+                graph[name].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    assert _cycles(_graph()) == []
+
+
+def test_the_cycle_check_can_fail():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_private_names_across_modules():
+    found = []
+    for name, path in MODULES.items():
+        modules = {}  # local alias -> effscale module, for attribute access like stats._p
+        for target, imported, node in _imports(name, path):
+            if target == name:
+                continue
+            if imported and imported.startswith("_") and not imported.startswith("__"):
+                found.append(f"{name}:{node.lineno} imports {target}.{imported}")
+            if imported is None:
+                for alias in node.names:
+                    modules[alias.asname or alias.name.split(".")[-1]] = target
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in modules and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                found.append(f"{name}:{node.lineno} uses {modules[node.value.id]}.{node.attr}")
+    assert found == []
+
+
+def test_layout_follows_the_data_flow():
+    """The subpackages the README and docs/ARCHITECTURE.md describe, and nothing else loose at
+    the top level but the package's entry points."""
+    top = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or
+           (p.is_dir() and (p / "__init__.py").is_file())}
+    assert top == {"__init__.py", "__main__.py", "model", "data", "train", "io", "experiments",
+                   "report", "explain", "cli"}
