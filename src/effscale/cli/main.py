@@ -26,12 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="effscale", description="EfficientNet scaling research toolkit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"effscale.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"effscale.cli.{name}":
-                raise
-            continue  # a subcommand not built yet
+        module = importlib.import_module(f"effscale.cli.{name}")
         module.add_parser(sub).set_defaults(handler=module.run)
     return parser
 

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from ..experiments.executors import EXECUTORS
-from ..experiments.study import PRESETS, STRATEGIES
+from ..experiments.study import PRESETS
+from ..model.profile import STRATEGIES
 
 EXECUTOR_KEYS = ("executor", "address", "cpus_per_run", "gpus_per_run")
 

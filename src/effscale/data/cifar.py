@@ -9,6 +9,7 @@ run code. Names, URLs and checksums are torchvision's (CIFAR10 / CIFAR100 class 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import pickle
@@ -53,6 +54,7 @@ def cifar_format(name: str) -> CifarFormat:
 
 # ---- safe unpickling --------------------------------------------------------------------
 
+@functools.cache  # built once, on first use: importing numpy's internals is slow
 def _numpy_globals() -> dict[tuple[str, str], object]:
     try:
         from numpy._core import multiarray, numeric  # numpy >= 2
@@ -74,13 +76,9 @@ class SafeUnpickler(pickle.Unpickler):
     """An Unpickler that resolves only the few globals numpy arrays need; anything else (os.system,
     builtins.eval, subprocess...) raises pickle.UnpicklingError before it can be called."""
 
-    _allowed: dict | None = None
-
     def find_class(self, module, name):
-        if SafeUnpickler._allowed is None:
-            SafeUnpickler._allowed = _numpy_globals()
         try:
-            return SafeUnpickler._allowed[(module, name)]
+            return _numpy_globals()[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"refused to load {module}.{name}: not allowed in a "
                                          f"data file") from None

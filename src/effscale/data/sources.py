@@ -16,7 +16,10 @@ import torch
 from .idx import read_idx
 from .splits import Data, DatasetInfo, TensorSplit, subset_split
 
-DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH")
+# The built-in datasets and their (classes, channels), so that a plan needs no data loaded;
+# DATASETS (what a user may type) adds image folders.
+BUILTIN = {"digits": (10, 1), "fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3)}
+DATASETS = (*BUILTIN, "imagefolder:PATH")
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

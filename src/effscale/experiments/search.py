@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io.files import write_json
-from ..io.records import (check_same_runs, command_history, environment, load_record,
-                          search_run_key)
+from ..io.records import (api_command, check_same_runs, command_history, environment,
+                          load_record, search_run_key)
 from ..model.names import parse_name
 from ..model.profile import profile
 from .executors import check_executor, execute
 from .runs import Job
-from .study import DATASETS, compound_base, dataset_shape, parse_floats
+from ..data.sources import BUILTIN, DATASETS
+from .study import compound_base, dataset_shape, parse_floats
 from ..report.search import PAPER, write_search_results
 
 TARGET = 2.0         # FLOPs multiplier per unit of phi (paper eq. 3)
@@ -125,9 +126,8 @@ def resolve_config(values: dict) -> SearchConfig:
     if config.jobs is not None and config.jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {config.jobs}")
     check_executor(config)
-    if config.data not in DATASETS and not config.data.startswith("imagefolder:"):
-        raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)} "
-                         f"or imagefolder:PATH")
+    if config.data not in BUILTIN and not config.data.startswith("imagefolder:"):
+        raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)}")
     if not any(c["skip"] is None for c in candidates(config.alphas, config.betas,
                                                      tolerance=config.tolerance)):
         raise ValueError("no grid point has alpha, beta, gamma >= 1 with "
@@ -169,7 +169,7 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
                 "paper": p["paper"], "model": p["model"], "train": train}
     old = load_record(out, "search") if (out / "search.json").is_file() else {}
     check_same_runs(old, runs)
-    commands = command_history(old, command)
+    commands = command_history(old, command or api_command("search", config.as_dict()))
     base_macs = profile(config.base, num_classes=num_classes, stem_stride=config.stem_stride,
                         in_chans=in_chans).macs
     record = {"kind": "search", "config": config.as_dict(), "grid": grid, "points": points,
@@ -198,7 +198,7 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
     if result["paper_rank"]:
         echo(result["paper_rank"])
     from ..report.results import report
-    report(out, echo=echo)
+    report(out, echo=echo, results=result)
     result.update(out=str(out), failed=[k for k, s in statuses.items() if s.startswith("failed")])
     return result
 

@@ -17,6 +17,7 @@ The study directory holds `study.json` (the resolved plan + environment + comman
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -24,19 +25,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..io.files import write_json
-from ..io.records import check_same_runs, command_history, environment, load_study
-from ..model.profile import match_flops, profile
+from ..io.records import (api_command, check_same_runs, command_history, environment,
+                          load_study)
+from ..data.sources import BUILTIN, DATASETS
+from ..model.profile import STRATEGIES, match_flops, profile
 from ..model.names import Variant, parse_name
 from ..model.spec import FAMILY
 from .executors import check_executor, execute
 from .runs import Job
 
-STRATEGIES = ("baseline", "depth", "width", "resolution", "compound")
-SINGLE = ("depth", "width", "resolution")
 
 # (classes, channels) of the built-in datasets, so a plan needs no data loaded. Anything else
 # (imagefolder:PATH) asks effscale.data.
-DATASETS = {"digits": (10, 1), "fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3)}
 
 # Per-dataset defaults: what `effscale study --data X` runs with no other flag.
 # digits: the quick study (`make run`): 1 level, 2 seeds, all 5 strategies, a tiny base at
@@ -174,7 +174,8 @@ def resolve_config(file_values: dict | None = None, flags: dict | None = None) -
         preset_values["levels"] = (_b2_level(),)
     data = flags.get("data", file_values.get("data", preset_values.get("data", "digits")))
     values: dict = {}
-    defaults = dict(DATA_DEFAULTS.get(data, DATA_DEFAULTS["cifar10"]))
+    # a deep copy: a nested default (a train dict) must not be shared with the frozen config
+    defaults = copy.deepcopy(DATA_DEFAULTS.get(data, DATA_DEFAULTS["cifar10"]))
     recipe = flags.get("recipe", file_values.get("recipe", preset_values.get("recipe")))
     if recipe is not None and recipe != defaults.get("recipe"):
         for key in ("lr", "batch_size", "train"):  # tuned for the default recipe only
@@ -217,9 +218,8 @@ def validate(config: StudyConfig) -> None:
     check_executor(config)
     if not 0 < config.max_mismatch < 1:
         raise ValueError(f"max_mismatch must be in (0, 1), got {config.max_mismatch}")
-    if config.data not in DATASETS and not config.data.startswith("imagefolder:"):
-        raise ValueError(f"unknown dataset {config.data!r}; choose from "
-                         f"{', '.join(DATASETS)} or imagefolder:PATH")
+    if config.data not in BUILTIN and not config.data.startswith("imagefolder:"):
+        raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)}")
 
 
 # -- the plan (pure) ------------------------------------------------------------------------
@@ -251,8 +251,8 @@ class PlannedRun:
 
 def dataset_shape(data: str, data_dir: str | None = None) -> tuple[int, int]:
     """(num_classes, in_chans) of a dataset, without loading it when it is built in."""
-    if data in DATASETS:
-        return DATASETS[data]
+    if data in BUILTIN:
+        return BUILTIN[data]
     from ..data import load_data  # imagefolder: the class list lives on disk
     info = load_data(data, data_dir=data_dir).info
     return info.num_classes, info.in_chans
@@ -467,7 +467,7 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
                            "train": train_config(config, r)} for r in runs}
     old = load_study(out) if (out / "study.json").is_file() else {}
     check_same_runs(old, run_entries)
-    commands = command_history(old, command)
+    commands = command_history(old, command or api_command("study", config.as_dict()))
     record = {
         "kind": "study",
         "config": config.as_dict(),
@@ -507,7 +507,7 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     summary = write_results(out)
     if report:
         from ..report.results import report as make_report
-        make_report(out, echo=echo)
+        make_report(out, echo=echo, results=summary)
     summary.update(out=str(out), failed=failed, wall_time_s=record["wall_time_s"])
     if config.data in SCOPE:
         echo(f"note: {SCOPE[config.data]}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -16,13 +16,14 @@ def atomic_write(path: str | Path, write, *, previous: str | Path | None = None)
     the instant between the two renames only `previous` exists."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # O_EXCL with mode 0o666 lets the kernel apply the process umask, as for any new file
+    # (mkstemp's 0600 would need the umask read, which means setting it: not thread-safe)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(tmp)
+        write(str(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         if previous is not None and path.exists():
             os.replace(path, previous)
         os.replace(tmp, path)
@@ -31,12 +32,9 @@ def atomic_write(path: str | Path, write, *, previous: str | Path | None = None)
             os.unlink(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_json(path: str | Path, value) -> None:
-    text = json.dumps(value, indent=2, default=str) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_text(path, json.dumps(value, indent=2, default=str) + "\n")

@@ -8,8 +8,6 @@ import csv
 import json
 import os
 import platform
-import shlex
-import sys
 from pathlib import Path
 
 
@@ -47,18 +45,14 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown cpu"
 
 
-def current_command() -> str:
-    argv = list(sys.argv)
-    if argv and (argv[0].endswith("effscale") or argv[0].endswith("__main__.py")
-                 or argv[0] == "-m"):
-        return shlex.join(["effscale"] + argv[1:])
-    return shlex.join(argv)
+def api_command(function: str, config: dict) -> str:
+    """How to repeat a call made from Python (the CLI passes the command line it parsed)."""
+    return f"python -c 'import effscale; effscale.{function}({config!r})'"
 
 
-def command_history(old: dict, command: str | None = None) -> list[str]:
+def command_history(old: dict, command: str) -> list[str]:
     """The commands that built a study or search directory, this one appended if new."""
     commands = list(old.get("commands", []))
-    command = command or current_command()
     if not commands or commands[-1] != command:
         commands.append(command)
     return commands

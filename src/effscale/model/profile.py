@@ -102,6 +102,8 @@ def macs_of(name: str | Variant, *, stem_stride: int = 2, num_classes: int = 100
 # -- matching FLOPs between strategies -------------------------------------------------------
 
 DIMENSIONS = ("depth", "width", "resolution", "compound")
+# what a study compares: the unscaled base, then each way of scaling it (in report order)
+STRATEGIES = ("baseline",) + DIMENSIONS
 STEP = 0.01  # grid of d, w and phi: the names stay short and every value is reachable
 
 

@@ -126,8 +126,6 @@ FAMILY = {
 # Paper's FLOPs column (their convention: multiply-accumulates), for side-by-side tables.
 PAPER_FLOPS = {"b0": 0.39e9, "b1": 0.70e9, "b2": 1.0e9, "b3": 1.8e9, "b4": 4.2e9,
                "b5": 9.9e9, "b6": 19e9, "b7": 37e9}
-PAPER_TOP1 = {"b0": 77.1, "b1": 79.1, "b2": 80.1, "b3": 81.6, "b4": 82.9,
-              "b5": 83.6, "b6": 84.0, "b7": 84.3}
 
 
 def round_filters(channels: int, width: float, divisor: int = 8) -> int:

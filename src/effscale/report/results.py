@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from . import stats
+from ..io.files import write_text
+from ..model.profile import STRATEGIES
 from ..io.records import load_study, read_run
 from .table import render
 
@@ -28,7 +30,6 @@ PAPER_TABLE7 = {
     "compound": ("d=1.4, w=1.2, r=1.3", 1.8, 81.1),
 }
 PAPER_LEVEL = 1.8 / 0.39  # the paper's Table 7 compares at ~4.6x B0's FLOPs
-STRATEGY_ORDER = ("baseline", "depth", "width", "resolution", "compound")
 
 
 # -- reading runs ---------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def table7_rows(rows: list[dict], data: str = "ours") -> tuple[list[dict], str |
     elif levels:
         chosen = levels[-1]
     out = []
-    for strategy in STRATEGY_ORDER:
+    for strategy in STRATEGIES:
         paper_model, paper_flops, paper_top1 = PAPER_TABLE7[strategy]
         ours = next((r for r in rows if r["strategy"] == strategy
                      and (strategy == "baseline" or r["level"] == chosen)), None)
@@ -186,7 +187,7 @@ def curves(plan: dict, runs: dict[str, dict]) -> dict:
     for level in levels:
         panel = {}
         for (strategy, lv), epochs in sorted(by_model.items(),
-                                             key=lambda kv: STRATEGY_ORDER.index(kv[0][0])):
+                                             key=lambda kv: STRATEGIES.index(kv[0][0])):
             if lv == level or strategy == "baseline":
                 panel[strategy] = [(e, sum(v) / len(v)) for e, v in sorted(epochs.items())]
         out[level] = panel
@@ -254,7 +255,7 @@ def write_results(study_dir: str | Path) -> dict:
     if any(curve_data.values()):
         figures["training_curves"] = plots.training_curves(curve_data,
                                                            plot_dir / "training_curves")
-    (study_dir / "results.csv").write_text(render(rows, "csv", CSV_COLUMNS) + "\n")
+    write_text(study_dir / "results.csv", render(rows, "csv", CSV_COLUMNS) + "\n")
     md = [f"# Results: {title}", "",
           "## Models (top-1 = final-epoch validation accuracy, mean ± std over seeds)", "",
           render(display_rows(rows), "markdown"), "",
@@ -268,7 +269,7 @@ def write_results(study_dir: str | Path) -> dict:
         md += ["## Trained to the plateau? (seed 0, twice the epochs)", "",
                render(plateau, "markdown"), ""]
     md += [f"![{name}](plots/{name}.png)" for name in figures]
-    (study_dir / "results.md").write_text("\n".join(md) + "\n")
+    write_text(study_dir / "results.md", "\n".join(md) + "\n")
     return {"rows": rows, "table7": t7, "table7_level": t7_level, "comparisons": comparisons,
             "plateau": plateau,
             "conclusion": text, "figures": figures, "plan": plan, "runs": runs}
@@ -276,26 +277,31 @@ def write_results(study_dir: str | Path) -> dict:
 
 # -- the report -----------------------------------------------------------------------------
 
-def report(study_dir: str | Path, *, cams: bool = True, images: int = 6, echo=print) -> dict:
-    """Write report.html and report.md in a study (or search) directory; return their paths."""
+def report(study_dir: str | Path, *, cams: bool = True, images: int = 6, echo=print,
+           results: dict | None = None) -> dict:
+    """Write report.html and report.md in a study (or search) directory; return their paths.
+    `results`: what write_results / write_search_results just returned, so that the tables
+    and plots are not computed and drawn a second time."""
     study_dir = Path(study_dir)
     if (study_dir / "search.json").is_file():
         from .search import search_sections
-        title, sections = search_sections(study_dir)
+        title, sections = search_sections(study_dir, results)
     elif (study_dir / "study.json").is_file():
-        title, sections = _study_sections(study_dir, cams=cams, images=images, echo=echo)
+        title, sections = _study_sections(study_dir, cams=cams, images=images, echo=echo,
+                                          results=results)
     else:
         raise FileNotFoundError(f"{study_dir} holds no study.json or search.json: not a study "
                                 f"or search directory")
     paths = {"html": study_dir / "report.html", "md": study_dir / "report.md"}
-    paths["md"].write_text(to_markdown(title, sections, study_dir))
-    paths["html"].write_text(to_html(title, sections, study_dir))
+    write_text(paths["md"], to_markdown(title, sections, study_dir))
+    write_text(paths["html"], to_html(title, sections, study_dir))
     echo(f"report: {paths['html']} and {paths['md']}")
     return {k: str(v) for k, v in paths.items()}
 
 
-def _study_sections(study_dir: Path, *, cams: bool, images: int, echo) -> tuple[str, list]:
-    res = write_results(study_dir)
+def _study_sections(study_dir: Path, *, cams: bool, images: int, echo,
+                    results: dict | None = None) -> tuple[str, list]:
+    res = results or write_results(study_dir)
     plan, rows = res["plan"], res["rows"]
     cfg = plan["config"]
     title = f"effscale study: {cfg['base']} on {cfg['data']}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io.files import write_json
+from ..io.files import write_text
 from ..io.records import load_record, read_run, search_run_key
 from ..model.names import ALPHA, BETA, GAMMA
 from .table import render
@@ -92,7 +93,7 @@ def write_search_results(search_dir) -> dict:
     rows = ranked_rows(record, top1)
     columns = ["rank", "alpha", "beta", "gamma", "product", "paper", "model", "params", "macs",
                "macs_vs_base", "top1_mean", "top1_std", "n"]
-    (search_dir / "search_results.csv").write_text(render(rows, "csv", columns) + "\n")
+    write_text(search_dir / "search_results.csv", render(rows, "csv", columns) + "\n")
     best, why = recommend(rows, record.get("num_classes", 10))
     paper_row = next((r for r in rows if r["paper"]), None)
     ranked = [r for r in rows if r["rank"] is not None]
@@ -127,7 +128,7 @@ def write_search_results(search_dir) -> dict:
     if paper_rank:
         md += [paper_rank[0].upper() + paper_rank[1:] + ".", ""]
     md += ["![heat map](plots/heatmap.png)", ""]
-    (search_dir / "search_results.md").write_text("\n".join(md))
+    write_text(search_dir / "search_results.md", "\n".join(md))
     return {"rows": rows, "best": best_info, "why": why, "paper_rank": paper_rank,
             "figure": figure,
             "record": record}
@@ -149,9 +150,9 @@ def display(rows: list[dict]) -> list[dict]:
              "MACs vs base": f"{r['macs_vs_base']:.2f}x", "top-1 (%)": _pm(r)} for r in rows]
 
 
-def search_sections(search_dir) -> tuple[str, list]:
-    """Report sections of a search directory (rendered by reporting.report)."""
-    res = write_search_results(search_dir)
+def search_sections(search_dir, results: dict | None = None) -> tuple[str, list]:
+    """Report sections of a search directory (rendered by report.results.report)."""
+    res = results or write_search_results(search_dir)
     record, cfg = res["record"], res["record"]["config"]
     title = f"effscale search: {cfg['base']} on {cfg['data']}"
     s: list = []

@@ -45,7 +45,7 @@ from .devices import (Dist, all_gather, all_reduce_sum, autocast, broadcast, res
 from .evaluate import BN_IMAGES, data_device, evaluate_model, recompute_bn
 from .output import Progress, board_row, epoch_line, tensorboard_writer, write_summary
 from .state import (STATE_FILE, RunState, fresh_sums, has_state, load_latest, restore_rng,
-                    seed_everything, sync_metrics, write_metrics)
+                    seed_everything, sync_metrics, write_metrics, caller_state_kept)
 from .steps import apply_schedule, step_with_retry
 
 if TYPE_CHECKING:
@@ -93,7 +93,11 @@ def train(config=None, **overrides) -> dict:
     resume=True and an existing run directory the saved config is the base (overrides still
     win) and training continues exactly where state.pt left it.
     """
-    cfg = run_config(config, overrides)
+    with caller_state_kept():
+        return _train(run_config(config, overrides))
+
+
+def _train(cfg: Config) -> dict:
     dist, device = setup_distributed(cfg.device)
     progress = Progress(dist.main, cfg.quiet)
     saved = saved_state(cfg, dist, progress.log)

@@ -10,6 +10,7 @@ aside as state.unreadable.pt (the next save must not rotate it over the good one
 from __future__ import annotations
 
 import csv
+import contextlib
 import io
 import random
 import time
@@ -176,6 +177,18 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+
+
+@contextlib.contextmanager
+def caller_state_kept():
+    """Training reseeds the global RNGs and may switch cuDNN's autotuner on: give the caller
+    back the RNG states and the cuDNN flag it had, whatever happens inside."""
+    saved, benchmark = rng_state(), torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def seed_everything(seed: int) -> None:
