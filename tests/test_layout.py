@@ -118,3 +118,21 @@ def test_layout_follows_the_data_flow():
            (p.is_dir() and (p / "__init__.py").is_file())}
     assert top == {"__init__.py", "__main__.py", "model", "data", "train", "io", "experiments",
                    "report", "explain", "cli"}
+
+
+# Lowest first: a subpackage imports only from its own layer or lower ones.
+LAYERS = ("model", "data", "io", "train", "experiments", "explain", "report", "cli")
+# The one call against the flow: a study writes its own tables and report once it has trained.
+UPWARD = {("experiments", "report")}
+
+
+def test_imports_follow_the_layers():
+    found = []
+    for a, targets in _graph().items():
+        for b in targets:
+            la, lb = a.split(".")[1:2], b.split(".")[1:2]
+            if not la or not lb or la[0] not in LAYERS or lb[0] not in LAYERS:
+                continue  # the package itself and its entry points
+            if LAYERS.index(lb[0]) > LAYERS.index(la[0]) and (la[0], lb[0]) not in UPWARD:
+                found.append(f"{a} -> {b}")
+    assert found == []

@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from effscale import create_model, match_flops, parse_name, profile
 
-# REFERENCE.md: exact params and MACs (convs + FC) at each member's own resolution
+# docs/REFERENCE.md: exact params and MACs (convs + FC) at each member's own resolution
 REFERENCE = {"b0": (5_288_548, 0.386e9), "b1": (7_794_184, 0.687e9), "b2": (9_109_994, 0.994e9),
              "b3": (12_233_232, 1.827e9), "b4": (19_341_616, 4.394e9),
              "b5": (30_389_784, 10.266e9), "b6": (43_040_704, 19.068e9),

@@ -54,7 +54,7 @@ def test_stage_channels_and_repeats_match_torchvision(variant):
 
 
 def test_stage_resolutions_of_b0_at_32_px():
-    # REFERENCE.md pitfall: B0 at 32x32 ends with 1x1 maps; stem stride 1 keeps 2x2
+    # docs/REFERENCE.md, pitfalls: B0 at 32x32 ends with 1x1 maps; stem stride 1 keeps 2x2
     spec = model_spec("b0@res=32")
     assert stage_resolutions(spec) == [16, 16, 8, 4, 2, 2, 1, 1]
     assert stage_resolutions(spec, stem_stride=1)[-1] == 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from ..report.table import render
+from ..io.table import render
 
 METHOD_NAMES = ("gradcam", "gradcam++", "layercam", "eigencam", "scorecam")
 

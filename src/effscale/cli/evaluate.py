@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..report.table import render
+from ..io.table import render
 
 
 def add_parser(sub):

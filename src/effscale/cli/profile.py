@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..model.names import parse_name
 from ..model.profile import DIMENSIONS, match_flops, profile
 from ..model.spec import PAPER_FLOPS
-from ..report.table import render
+from ..io.table import render
 
 LEGEND = ("MACs(G): multiply-accumulates of convs + FC, what the paper calls FLOPs; "
           "FLOPs(G): 2 x MACs, torch.utils.flop_counter's convention; "

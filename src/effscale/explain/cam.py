@@ -238,7 +238,7 @@ class CamResult:
         return grid_figure(self, out_path, **kwargs)
 
     def rows(self) -> list[dict]:
-        """One row per image, for effscale.report.table.render."""
+        """One row per image, for effscale.io.table.render."""
         return [{"image": i, "true": self.class_name(t), "predicted": self.class_name(p),
                  "confidence": round(float(c), 4), "correct": bool(ok),
                  "target": self.class_name(g), "map_peak": _peak_text(m)}

@@ -187,8 +187,3 @@ def family_table(budget="80GB", batch_size: int = 32, models=None) -> list[dict]
         row[f"fits {batch_size}"] = chosen or "no"
         rows.append(row)
     return rows
-
-
-if __name__ == "__main__":  # python -m effscale.model.memory: the family table on an 80 GB GPU
-    from ..report.table import render
-    print(render(family_table(), "markdown"))

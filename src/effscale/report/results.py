@@ -19,9 +19,9 @@ from . import stats
 from ..io.files import write_text
 from ..model.profile import STRATEGIES
 from ..io.records import load_study, read_run
-from .table import render
+from ..io.table import render
 
-# The paper's Table 7 (REFERENCE.md): scaling B0 one dimension at a time vs compound.
+# The paper's Table 7 (docs/REFERENCE.md): scaling B0 one dimension at a time vs compound.
 PAPER_TABLE7 = {
     "baseline": ("B0", 0.4, 77.3),
     "depth": ("d=4", 1.8, 79.0),

@@ -9,7 +9,7 @@ from ..io.files import write_json
 from ..io.files import write_text
 from ..io.records import load_record, read_run, search_run_key
 from ..model.names import ALPHA, BETA, GAMMA
-from .table import render
+from ..io.table import render
 
 PAPER = (ALPHA, BETA, GAMMA)
 

@@ -1,7 +1,7 @@
 """Training recipes as frozen data. Every field can be overridden by a flag or a config key
 of the same name; `train.Config` holds the resolved values.
 
-- `seed`: the CIFAR-10 study this project reproduces (REFERENCE.md). Its optimizer is
+- `seed`: the CIFAR-10 study this project reproduces (docs/REFERENCE.md). Its optimizer is
   PyTorch's RMSprop (eps added *outside* the square root) with momentum 0.9, alpha 0.9,
   eps 0.1; the study gives no lr or schedule constants, so ours are: lr 0.016 x batch/256,
   2 linear warm-up epochs, then x0.94 per epoch (0.13x the peak at epoch 35).
