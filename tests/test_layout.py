@@ -136,3 +136,15 @@ def test_imports_follow_the_layers():
             if LAYERS.index(lb[0]) > LAYERS.index(la[0]) and (la[0], lb[0]) not in UPWARD:
                 found.append(f"{a} -> {b}")
     assert found == []
+
+
+def test_no_function_over_60_lines():
+    """Long functions hide their steps: split them into named ones."""
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long.append(f"{name}.{node.name}: {length} lines")
+    assert long == []

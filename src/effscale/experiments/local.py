@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .runs import Job, progress_line, run_cost, split_jobs
+from .runs import Job, failure, finished_detail, progress_line, run_cost, split_jobs
 
 
 def _cpu_count() -> int:
@@ -44,8 +44,8 @@ def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
     """Train every job's run directory: skip finished, resume partial, train new.
 
     parallel == 1 trains in this process. Otherwise each run is a worker process
-    (`python -m effscale.experiments.local CONFIG_JSON`): one per visible GPU (CUDA_VISIBLE_DEVICES
-    pins it), or `parallel` on CPU with the cores split between them so N jobs do not
+    (`python -m effscale.experiments.local CONFIG_JSON`): one per visible GPU
+    (CUDA_VISIBLE_DEVICES pins it), or `parallel` on CPU with the cores split between them so N jobs do not
     oversubscribe the machine. Returns {key: "finished" | "skipped" | "failed: ..."}.
     A failed run does not stop the others; the caller reports them.
     """
@@ -56,57 +56,57 @@ def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
         todo.sort(key=lambda item: -run_cost(item[0].config))
     gpus = _gpu_count(device)
     workers = min(parallel, gpus) if gpus and parallel > 1 else parallel
-    workers = max(1, min(workers, len(todo)))
-    threads = max(1, _cpu_count() // workers)
-    start = time.time()
-    counter = {"done": 0}
-    lock = threading.Lock()
-    slots = list(range(gpus)) if gpus else []
+    pool = _Pool(max(1, min(workers, len(todo))), gpus, len(todo), log_dir, echo)
+    echo(f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) with "
+         f"{pool.workers} worker{'s' if pool.workers > 1 else ''}"
+         + (f", {pool.threads} threads each" if pool.workers > 1 and not gpus else ""))
+    if pool.workers == 1:
+        results.update(pool.one(item) for item in todo)
+    else:
+        with ThreadPoolExecutor(pool.workers) as threads:
+            results.update(threads.map(pool.one, todo))
+    return results
 
-    def one(item):
+
+class _Pool:
+    """The state the local executor's threads share: free GPUs, the finished count, timing."""
+
+    def __init__(self, workers: int, gpus: int, total: int, log_dir: Path | None, echo):
+        self.workers, self.total, self.log_dir, self.echo = workers, total, log_dir, echo
+        self.threads = max(1, _cpu_count() // workers)
+        self.slots = list(range(gpus))
+        self.lock = threading.Lock()
+        self.done, self.start = 0, time.time()
+
+    def one(self, item: tuple[Job, bool]) -> tuple[str, str]:
+        """Train one run (in this process, or a worker process); (key, status)."""
         job, resume = item
         config = dict(job.config, out=str(job.out), resume=resume)
         t0 = time.time()
         try:
-            if workers == 1:
-                from ..train.engine import train
-                summary = train(config)
-            else:
-                with lock:
-                    gpu = slots.pop() if slots else None
-                try:
-                    summary = _run_worker(config, threads, gpu, log_dir, job.key)
-                finally:
-                    if gpu is not None:
-                        with lock:
-                            slots.append(gpu)
-            status = "finished"
-            top1 = summary.get("final_top1") if isinstance(summary, dict) else None
-            detail = f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""
+            status, detail = "finished", finished_detail(self._train(config, job.key))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # keep going: one bad run must not lose the others
-            status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            detail = status
-        with lock:
-            counter["done"] += 1
-            done = counter["done"]
-            elapsed = time.time() - start
-            echo(progress_line(done, len(todo), job, resume, detail, time.time() - t0, elapsed))
+            status = detail = failure(exc)
+        with self.lock:
+            self.done += 1
+            self.echo(progress_line(self.done, self.total, job, resume, detail,
+                                    time.time() - t0, time.time() - self.start))
         return job.key, status
 
-    echo(f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) with "
-         f"{workers} worker{'s' if workers > 1 else ''}"
-         + (f", {threads} threads each" if workers > 1 and not gpus else ""))
-    if workers == 1:
-        for item in todo:
-            key, status = one(item)
-            results[key] = status
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            for key, status in pool.map(one, todo):
-                results[key] = status
-    return results
+    def _train(self, config: dict, key: str) -> dict:
+        if self.workers == 1:
+            from ..train.engine import train
+            return train(config)
+        with self.lock:
+            gpu = self.slots.pop() if self.slots else None
+        try:
+            return _run_worker(config, self.threads, gpu, self.log_dir, key)
+        finally:
+            if gpu is not None:
+                with self.lock:
+                    self.slots.append(gpu)
 
 
 def _run_worker(config: dict, threads: int, gpu: int | None, log_dir: Path | None,

@@ -27,7 +27,8 @@ import os
 import time
 from pathlib import Path
 
-from .runs import Job, progress_line, run_cost, run_status, split_jobs
+from .runs import (Job, failure, finished_detail, progress_line, run_cost, run_status,
+                   split_jobs)
 
 RAY_MISSING = "the ray executor needs Ray: pip install 'effscale[ray]'"
 
@@ -101,8 +102,49 @@ def _failure(ray, exc: BaseException) -> str:
     itself, not as Ray's wrapper with the remote traceback."""
     if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
         exc = exc.cause
-    text = str(exc).strip()
-    return f"failed: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    return failure(exc)
+
+
+def _announce(ray, todo, cpus_per_run: float, gpus_per_run: float, echo) -> None:
+    """Say what the cluster has and how many runs fit at once; warn when none fits now."""
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if cpus < cpus_per_run or gpus < gpus_per_run:
+        # not an error: an autoscaling cluster adds nodes for tasks that wait, but on a
+        # fixed one they wait forever, so say so now rather than look hung
+        echo(f"warning: the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs now and each "
+             f"run asks for {cpus_per_run:g} and {gpus_per_run:g}: runs wait until nodes "
+             f"with enough join")
+    slots = int(min(cpus // cpus_per_run, gpus // gpus_per_run if gpus_per_run else 1e9))
+    echo(f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) on Ray: "
+         f"{cpus:g} CPUs, {gpus:g} GPUs, {max(slots, 0)} at a time ({cpus_per_run:g} CPU"
+         + (f", {gpus_per_run:g} GPU" if gpus_per_run else "") + " each)")
+
+
+def _collect(ray, pending: dict, total: int, echo) -> dict:
+    """Wait for every task, printing a progress line as each ends; {key: status}."""
+    results, start, done = {}, time.time(), 0
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            try:
+                answer = ray.get(ready[0])
+                results[job.key] = "finished"
+                detail = finished_detail(answer["summary"])
+                took, resumed = answer["seconds"], answer["resumed"]
+            except ray.exceptions.RayError as exc:  # one bad run must not lose the others
+                results[job.key] = detail = _failure(ray, exc)
+                took, resumed = time.time() - start, False
+            done += 1
+            echo(progress_line(done, total, job, resumed, detail, took, time.time() - start))
+    except KeyboardInterrupt:
+        # on a shared cluster the tasks would outlive this driver for a while: stop them
+        # (each run keeps its last checkpoint, so the next call resumes them)
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return results
 
 
 def run_jobs_ray(jobs: list[Job], *, address: str | None = None, cpus_per_run: float = 1,
@@ -134,18 +176,7 @@ def run_jobs_ray(jobs: list[Job], *, address: str | None = None, cpus_per_run: f
 
     started = _connect(ray, address)
     try:
-        resources = ray.cluster_resources()
-        cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
-        if cpus < cpus_per_run or gpus < gpus_per_run:
-            # not an error: an autoscaling cluster adds nodes for tasks that wait, but on a
-            # fixed one they wait forever, so say so now rather than look hung
-            echo(f"warning: the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs now and each "
-                 f"run asks for {cpus_per_run:g} and {gpus_per_run:g}: runs wait until nodes "
-                 f"with enough join")
-        slots = int(min(cpus // cpus_per_run, gpus // gpus_per_run if gpus_per_run else 1e9))
-        echo(f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) on Ray: "
-             f"{cpus:g} CPUs, {gpus:g} GPUs, {max(slots, 0)} at a time ({cpus_per_run:g} CPU"
-             + (f", {gpus_per_run:g} GPU" if gpus_per_run else "") + " each)")
+        _announce(ray, todo, cpus_per_run, gpus_per_run, echo)
         # retry_exceptions=False: only system failures (a dead worker or node) are retried;
         # a ValueError or NaN loss raised by train() is the run's answer, not bad luck
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
@@ -157,30 +188,7 @@ def run_jobs_ray(jobs: list[Job], *, address: str | None = None, cpus_per_run: f
             ref = task.options(name=f"effscale:{job.key}").remote(
                 _absolute(dict(job.config, out=str(job.out))), threads)
             pending[ref] = job
-        start = time.time()
-        done = 0
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                job = pending.pop(ready[0])
-                try:
-                    answer = ray.get(ready[0])
-                    results[job.key] = "finished"
-                    top1 = answer["summary"].get("final_top1")
-                    detail = f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""
-                    took, resumed = answer["seconds"], answer["resumed"]
-                except ray.exceptions.RayError as exc:  # one bad run must not lose the others
-                    results[job.key] = detail = _failure(ray, exc)
-                    took, resumed = time.time() - start, False
-                done += 1
-                echo(progress_line(done, len(todo), job, resumed, detail, took,
-                                   time.time() - start))
-        except KeyboardInterrupt:
-            # on a shared cluster the tasks would outlive this driver for a while: stop them
-            # (each run keeps its last checkpoint, so the next call resumes them)
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
+        results.update(_collect(ray, pending, len(todo), echo))
     finally:
         if started:
             ray.shutdown()

@@ -61,3 +61,30 @@ def run_cost(config: dict) -> float:
         return profile(config["model"], stem_stride=config.get("stem_stride", 2)).macs
     except (KeyError, ValueError):
         return 0.0
+
+
+# Settings a study or search passes through to each run when set (the rest are the engine's)
+PASSED = ("data_dir", "recipe", "subset", "val_subset", "batch_size", "lr", "device", "precision")
+
+
+def engine_config(config, model: str, seed: int) -> dict:
+    """The training-engine config of one run of a study or search (without out/resume): its
+    `train` pass-through keys, then the model, seed and the experiment's own settings."""
+    cfg = dict(config.train)
+    cfg.update(model=model, data=config.data, seed=seed, epochs=config.epochs,
+               stem_stride=config.stem_stride, quiet=True)
+    cfg.update({k: getattr(config, k) for k in PASSED
+                if getattr(config, k, None) is not None})
+    return cfg
+
+
+def finished_detail(summary) -> str:
+    """What a progress line says about a finished run."""
+    top1 = summary.get("final_top1") if isinstance(summary, dict) else None
+    return f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""
+
+
+def failure(exc: BaseException) -> str:
+    """A failed run's status: 'failed: Type: first line of the message'."""
+    text = str(exc).strip()
+    return f"failed: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"

@@ -23,7 +23,7 @@ from ..io.records import (api_command, check_same_runs, command_history, environ
 from ..model.names import parse_name
 from ..model.profile import profile
 from .executors import check_executor, execute
-from .runs import Job
+from .runs import Job, engine_config
 from ..data.sources import BUILTIN, DATASETS
 from .study import compound_base, dataset_shape, parse_floats
 from ..report.search import PAPER, write_search_results
@@ -135,13 +135,10 @@ def resolve_config(values: dict) -> SearchConfig:
     return config
 
 
-def search(config: SearchConfig | dict | None = None, *, command: str | None = None,
-           echo=print, **overrides) -> dict:
-    """Run (or resume) the grid search; returns the ranked rows and the best coefficients."""
-    values = config.as_dict() if isinstance(config, SearchConfig) else dict(config or {})
-    values.update(overrides)
-    config = resolve_config(values)
-    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
+def candidate_points(config: SearchConfig, num_classes: int,
+                     in_chans: int) -> tuple[list[dict], list[dict]]:
+    """(the grid with skips, the points to train): each kept (alpha, beta) and the paper's
+    point as BASE@phi=1 with its MACs, params and resolution."""
     grid = candidates(config.alphas, config.betas, tolerance=config.tolerance)
     points = [dict(c, paper=False) for c in grid if c["skip"] is None]
     if config.paper:
@@ -153,17 +150,22 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
         prof = profile(p["model"], num_classes=num_classes, stem_stride=config.stem_stride,
                        in_chans=in_chans)
         p.update(macs=prof.macs, params=prof.params, resolution=prof.resolution)
+    return grid, points
+
+
+def search(config: SearchConfig | dict | None = None, *, command: str | None = None,
+           echo=print, **overrides) -> dict:
+    """Run (or resume) the grid search; returns the ranked rows and the best coefficients."""
+    values = config.as_dict() if isinstance(config, SearchConfig) else dict(config or {})
+    values.update(overrides)
+    config = resolve_config(values)
+    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
+    grid, points = candidate_points(config, num_classes, in_chans)
     out = Path(config.out)
     runs = {}
     for p in points:
         for seed in range(config.seeds):
-            train = dict(config.train)
-            train.update(model=p["model"], data=config.data, seed=seed, epochs=config.epochs,
-                         stem_stride=config.stem_stride, quiet=True)
-            for key in ("data_dir", "recipe", "subset", "val_subset", "batch_size", "device",
-                        "precision"):
-                if getattr(config, key) is not None:
-                    train[key] = getattr(config, key)
+            train = engine_config(config, p["model"], seed)
             runs[search_run_key(p["alpha"], p["beta"], seed, p["paper"])] = {
                 "alpha": p["alpha"], "beta": p["beta"], "gamma": p["gamma"], "seed": seed,
                 "paper": p["paper"], "model": p["model"], "train": train}

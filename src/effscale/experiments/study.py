@@ -32,7 +32,7 @@ from ..model.profile import STRATEGIES, match_flops, profile
 from ..model.names import Variant, parse_name
 from ..model.spec import FAMILY
 from .executors import check_executor, execute
-from .runs import Job
+from .runs import Job, engine_config
 
 
 # (classes, channels) of the built-in datasets, so a plan needs no data loaded. Anything else
@@ -353,15 +353,7 @@ def suggest_level(config: StudyConfig, level: float, num_classes: int, in_chans:
 
 def train_config(config: StudyConfig, run: PlannedRun) -> dict:
     """The training-engine config of one run (without out/resume)."""
-    cfg = dict(config.train)
-    cfg.update(model=run.model.model, data=config.data, seed=run.seed, epochs=config.epochs,
-               stem_stride=config.stem_stride, quiet=True)
-    for key in ("data_dir", "recipe", "subset", "val_subset", "batch_size", "lr", "device",
-                "precision"):
-        value = getattr(config, key)
-        if value is not None:
-            cfg[key] = value
-    return cfg
+    return engine_config(config, run.model.model, run.seed)
 
 
 # -- the runner (shared with effscale search) -----------------------------------------------
@@ -428,19 +420,14 @@ def _train_size(config: StudyConfig) -> int:
 
 # -- the study ------------------------------------------------------------------------------
 
-def study(config: StudyConfig | dict | None = None, *, command: str | None = None,
-          dry_run: bool = False, report: bool = True, echo=print, **overrides) -> dict:
-    """Plan, train (resumably) and summarise a scaling study; returns a summary dict with
-    `out`, `conclusion`, `results` (rows) and `failed` (keys of runs that failed)."""
-    if isinstance(config, StudyConfig):
-        config = resolve_config({k: v for k, v in config.as_dict().items()}, overrides)
-    else:
-        config = resolve_config(config or {}, overrides)
-    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
+def matched_plan(config: StudyConfig, num_classes: int, in_chans: int,
+                 echo=print) -> tuple[StudyConfig, list[PlannedModel]]:
+    """The plan, with every model within max_mismatch of its level, or one ValueError that
+    names a level that can be matched. The seed preset means "at about B2's MACs", so it moves
+    to the nearest level that can be matched (and says so)."""
     models = plan_models(config, num_classes, in_chans)
     far = mismatches(models, config.max_mismatch)
     if far and config.preset == "seed" and config.levels == (_b2_level(),):
-        # the preset means "at about B2's MACs": take the nearest level that can be matched
         level = suggest_level(config, config.levels[0], num_classes, in_chans)
         if level is not None:
             echo(f"note: B2's MACs ({config.levels[0]:g}x B0) cannot be matched within "
@@ -460,6 +447,30 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
         raise ValueError(f"FLOPs not matched within {config.max_mismatch:.0%}: {far[0]}"
                          + (f" (and {len(far) - 1} more)" if len(far) > 1 else "")
                          + f"; pick other levels{hint} or raise --max-mismatch")
+    return config, models
+
+
+def _print_plan(out: Path, config: StudyConfig, models: list[PlannedModel], runs: int,
+                echo) -> None:
+    echo(f"study {out}: {len(models)} models x {config.seeds} seeds = {runs} runs on "
+         f"{config.data}, {config.epochs} epochs each")
+    for m in models:
+        echo(f"  {m.strategy:>10} L{m.level:<6} {m.model:<34} {m.macs / 1e6:9.2f}M MACs "
+             f"({m.ratio:.3f}x target)  {m.params / 1e6:.2f}M params")
+    if config.seeds < 2:
+        echo("warning: 1 seed: no error bars and no significance test are possible")
+
+
+def study(config: StudyConfig | dict | None = None, *, command: str | None = None,
+          dry_run: bool = False, report: bool = True, echo=print, **overrides) -> dict:
+    """Plan, train (resumably) and summarise a scaling study; returns a summary dict with
+    `out`, `conclusion`, `results` (rows) and `failed` (keys of runs that failed)."""
+    if isinstance(config, StudyConfig):
+        config = resolve_config({k: v for k, v in config.as_dict().items()}, overrides)
+    else:
+        config = resolve_config(config or {}, overrides)
+    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
+    config, models = matched_plan(config, num_classes, in_chans, echo)
     runs = plan_runs(models, config.seeds)
     out = Path(config.out)
     run_entries = {r.key: {"strategy": r.model.strategy, "level": r.model.level,
@@ -479,13 +490,7 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
         "environment": environment(config.device),
         "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    echo(f"study {out}: {len(models)} models x {config.seeds} seeds = {len(runs)} runs on "
-         f"{config.data}, {config.epochs} epochs each")
-    for m in models:
-        echo(f"  {m.strategy:>10} L{m.level:<6} {m.model:<34} {m.macs / 1e6:9.2f}M MACs "
-             f"({m.ratio:.3f}x target)  {m.params / 1e6:.2f}M params")
-    if config.seeds < 2:
-        echo("warning: 1 seed: no error bars and no significance test are possible")
+    _print_plan(out, config, models, len(runs), echo)
     if dry_run:
         return {"out": str(out), "plan": record, "results": [], "conclusion": None,
                 "failed": []}

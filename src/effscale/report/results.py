@@ -314,26 +314,7 @@ def _study_sections(study_dir: Path, *, cams: bool, images: int, echo,
                           f"resume."))
     if cfg["seeds"] < 2:
         s.append(("note", "One seed per model: no error bars and no significance tests."))
-    s += [("h2", "Setup"),
-          ("table", [
-              {"setting": "base", "value": cfg["base"]},
-              {"setting": "dataset", "value": f"{cfg['data']} ({plan['num_classes']} classes)"},
-              {"setting": "levels", "value": ", ".join(f"{x:g}x" for x in cfg["levels"])
-               or ", ".join(f"phi={x:g}" for x in cfg["phis"])},
-              {"setting": "strategies", "value": ", ".join(cfg["strategies"])},
-              {"setting": "seeds", "value": ", ".join(map(str, plan["seeds"]))},
-              {"setting": "epochs", "value": cfg["epochs"]},
-              {"setting": "recipe", "value": cfg["recipe"] or "engine default"},
-              {"setting": "stem stride", "value": cfg["stem_stride"]},
-              {"setting": "train subset", "value": cfg["subset"] or "all"},
-              {"setting": "coefficients (alpha, beta, gamma)",
-               "value": ", ".join(f"{c:g}" for c in cfg["coefficients"])
-               if cfg["coefficients"] else "1.2, 1.1, 1.15 (paper)"},
-              {"setting": "FLOPs matching", "value": f"every model within "
-               f"{cfg['max_mismatch']:.0%} of its level's MACs (worst "
-               f"{max(abs(r['ratio'] - 1) for r in rows):.1%})" if rows else ""},
-              {"setting": "wall time", "value": f"{plan.get('wall_time_s', 0):.0f} s"},
-          ]),
+    s += [("h2", "Setup"), ("table", _setup_rows(plan, rows)),
           ("h2", "Models"),
           ("p", "top-1 is the final-epoch validation accuracy, mean ± sample std over seeds; "
                 "d, w, r multiply the base's depth, width and resolution; ratio is the "
@@ -341,8 +322,8 @@ def _study_sections(study_dir: Path, *, cams: bool, images: int, echo,
           ("table", display_rows(rows)),
           ("h2", "Beside the paper's Table 7"),
           ("p", f"Paper: ImageNet, 350 epochs. Ours: {cfg['data']}, level "
-                f"{res['table7_level']} (closest to the paper's ~{PAPER_LEVEL:.1f}x B0). Compare the gains over "
-                f"the baseline, not the absolute numbers."),
+                f"{res['table7_level']} (closest to the paper's ~{PAPER_LEVEL:.1f}x B0). Compare "
+                f"the gains over the baseline, not the absolute numbers."),
           ("table", res["table7"]),
           ("h2", "Compound vs single-dimension scaling"),
           ("p", "Paired over seeds: the per-seed difference compound - other, its mean, 95% "
@@ -371,17 +352,45 @@ def _study_sections(study_dir: Path, *, cams: bool, images: int, echo,
     s.append(("h2", "Class activation maps"))
     s.append(_cam_section(study_dir, plan, res["runs"], images, echo) if cams else
              ("note", "CAM figure skipped (--no-cams)."))
-    env = plan.get("environment", {})
-    s += [("h2", "Reproduce"),
-          ("p", "The command(s) that produced this study (re-running resumes it):"),
-          ("pre", "\n".join(plan.get("commands", [])) or "(unknown)"),
-          ("h2", "Environment"),
-          ("table", [{"key": k, "value": v} for k, v in env.items()]
-           + [{"key": "seeds", "value": ", ".join(map(str, plan["seeds"]))},
-              {"key": "study created", "value": plan.get("created")},
-              {"key": "report generated",
-               "value": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])]
+    s += _provenance(plan)
     return title, s
+
+
+def _setup_rows(plan: dict, rows: list[dict]) -> list[dict]:
+    cfg = plan["config"]
+    return [
+        {"setting": "base", "value": cfg["base"]},
+        {"setting": "dataset", "value": f"{cfg['data']} ({plan['num_classes']} classes)"},
+        {"setting": "levels", "value": ", ".join(f"{x:g}x" for x in cfg["levels"])
+         or ", ".join(f"phi={x:g}" for x in cfg["phis"])},
+        {"setting": "strategies", "value": ", ".join(cfg["strategies"])},
+        {"setting": "seeds", "value": ", ".join(map(str, plan["seeds"]))},
+        {"setting": "epochs", "value": cfg["epochs"]},
+        {"setting": "recipe", "value": cfg["recipe"] or "engine default"},
+        {"setting": "stem stride", "value": cfg["stem_stride"]},
+        {"setting": "train subset", "value": cfg["subset"] or "all"},
+        {"setting": "coefficients (alpha, beta, gamma)",
+         "value": ", ".join(f"{c:g}" for c in cfg["coefficients"])
+         if cfg["coefficients"] else "1.2, 1.1, 1.15 (paper)"},
+        {"setting": "FLOPs matching", "value": f"every model within "
+         f"{cfg['max_mismatch']:.0%} of its level's MACs (worst "
+         f"{max(abs(r['ratio'] - 1) for r in rows):.1%})" if rows else ""},
+        {"setting": "wall time", "value": f"{plan.get('wall_time_s', 0):.0f} s"},
+    ]
+
+
+def _provenance(plan: dict) -> list:
+    """How to reproduce the study and where it ran."""
+    env = plan.get("environment", {})
+    return [("h2", "Reproduce"),
+            ("p", "The command(s) that produced this study (re-running resumes it):"),
+            ("pre", "\n".join(plan.get("commands", [])) or "(unknown)"),
+            ("h2", "Environment"),
+            ("table", [{"key": k, "value": v} for k, v in env.items()]
+             + [{"key": "seeds", "value": ", ".join(map(str, plan["seeds"]))},
+                {"key": "study created", "value": plan.get("created")},
+                {"key": "report generated",
+                 "value": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])]
 
 
 def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
