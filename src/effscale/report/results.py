@@ -9,17 +9,16 @@ CSS, images as data URIs, no script, no network), so the two never disagree.
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import time
 from pathlib import Path
 
-from . import stats
 from ..io.files import write_text
-from ..model.profile import STRATEGIES
 from ..io.records import load_study, read_run
 from ..io.table import render
+from ..model.profile import STRATEGIES
+from . import stats
+from .render import Bullets, Figure, Heading, Note, Para, Pre, Table, to_html, to_markdown
 
 # The paper's Table 7 (docs/REFERENCE.md): scaling B0 one dimension at a time vs compound.
 PAPER_TABLE7 = {
@@ -307,40 +306,40 @@ def _study_sections(study_dir: Path, *, cams: bool, images: int, echo,
     title = f"effscale study: {cfg['base']} on {cfg['data']}"
     n_done = sum(1 for r in res["runs"].values() if r["finished"])
     n_all = len(plan["runs"])
-    s: list = [("p", res["conclusion"])]
+    s: list = [Para(res["conclusion"])]
     if n_done < n_all:
-        s.append(("note", f"Partial study: {n_done} of {n_all} runs finished; the numbers "
+        s.append(Note(f"Partial study: {n_done} of {n_all} runs finished; the numbers "
                           f"below use the finished runs only. Re-run the study command to "
                           f"resume."))
     if cfg["seeds"] < 2:
-        s.append(("note", "One seed per model: no error bars and no significance tests."))
-    s += [("h2", "Setup"), ("table", _setup_rows(plan, rows)),
-          ("h2", "Models"),
-          ("p", "top-1 is the final-epoch validation accuracy, mean ± sample std over seeds; "
+        s.append(Note("One seed per model: no error bars and no significance tests."))
+    s += [Heading("Setup"), Table(_setup_rows(plan, rows)),
+          Heading("Models"),
+          Para("top-1 is the final-epoch validation accuracy, mean ± sample std over seeds; "
                 "d, w, r multiply the base's depth, width and resolution; ratio is the "
                 "model's MACs over its level's target."),
-          ("table", display_rows(rows)),
-          ("h2", "Beside the paper's Table 7"),
-          ("p", f"Paper: ImageNet, 350 epochs. Ours: {cfg['data']}, level "
+          Table(display_rows(rows)),
+          Heading("Beside the paper's Table 7"),
+          Para(f"Paper: ImageNet, 350 epochs. Ours: {cfg['data']}, level "
                 f"{res['table7_level']} (closest to the paper's ~{PAPER_LEVEL:.1f}x B0). Compare "
                 f"the gains over the baseline, not the absolute numbers."),
-          ("table", res["table7"]),
-          ("h2", "Compound vs single-dimension scaling"),
-          ("p", "Paired over seeds: the per-seed difference compound - other, its mean, 95% "
+          Table(res["table7"]),
+          Heading("Compound vs single-dimension scaling"),
+          Para("Paired over seeds: the per-seed difference compound - other, its mean, 95% "
                 "confidence interval and a two-sided paired t-test "
                 "(scipy.stats.ttest_rel). Verdicts use the Holm-Bonferroni adjusted p over all "
                 "the study's comparisons, so that the family as a whole keeps a 5% chance of "
                 "any false 'better' or 'worse'; the raw p is shown beside it."),
-          ("table", comparison_rows(res["comparisons"])),
-          ("list", [f"{c.level}: {c.meaning}" for c in res["comparisons"]]),
-          ("h2", "Conclusion"), ("p", res["conclusion"])]
+          Table(comparison_rows(res["comparisons"])),
+          Bullets([f"{c.level}: {c.meaning}" for c in res["comparisons"]]),
+          Heading("Conclusion"), Para(res["conclusion"])]
     if res["plateau"]:
-        s += [("h2", "Trained to the plateau?"),
-              ("p", f"Seed 0 of each model, trained again for twice the epochs (the same "
+        s += [Heading("Trained to the plateau?"),
+              Para(f"Seed 0 of each model, trained again for twice the epochs (the same "
                     f"schedule stretched, in {PLATEAU}/): a change of at most "
                     f"{PLATEAU_POINTS} points means the study's epochs reach the plateau."),
-              ("table", res["plateau"])]
-    s.append(("h2", "Plots"))
+              Table(res["plateau"])]
+    s.append(Heading("Plots"))
     captions = {"accuracy_vs_macs": "Top-1 against MACs per strategy (error bars: std over "
                                     "seeds), the layout of the paper's Figure 8",
                 "accuracy_vs_params": "Top-1 against parameters",
@@ -348,10 +347,10 @@ def _study_sections(study_dir: Path, *, cams: bool, images: int, echo,
                                    "seeds: a curve still rising at its last epoch has not "
                                    "reached its plateau"}
     for name, paths in res["figures"].items():
-        s.append(("img", Path(paths[0]), captions[name]))
-    s.append(("h2", "Class activation maps"))
+        s.append(Figure(Path(paths[0]), captions[name]))
+    s.append(Heading("Class activation maps"))
     s.append(_cam_section(study_dir, plan, res["runs"], images, echo) if cams else
-             ("note", "CAM figure skipped (--no-cams)."))
+             Note("CAM figure skipped (--no-cams)."))
     s += _provenance(plan)
     return title, s
 
@@ -382,11 +381,11 @@ def _setup_rows(plan: dict, rows: list[dict]) -> list[dict]:
 def _provenance(plan: dict) -> list:
     """How to reproduce the study and where it ran."""
     env = plan.get("environment", {})
-    return [("h2", "Reproduce"),
-            ("p", "The command(s) that produced this study (re-running resumes it):"),
-            ("pre", "\n".join(plan.get("commands", [])) or "(unknown)"),
-            ("h2", "Environment"),
-            ("table", [{"key": k, "value": v} for k, v in env.items()]
+    return [Heading("Reproduce"),
+            Para("The command(s) that produced this study (re-running resumes it):"),
+            Pre("\n".join(plan.get("commands", [])) or "(unknown)"),
+            Heading("Environment"),
+            Table([{"key": k, "value": v} for k, v in env.items()]
              + [{"key": "seeds", "value": ", ".join(map(str, plan["seeds"]))},
                 {"key": "study created", "value": plan.get("created")},
                 {"key": "report generated",
@@ -403,7 +402,7 @@ def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
               and (r["level"] == top or r["strategy"] == "baseline")
               and runs.get(k, {}).get("finished")]
     if not chosen:
-        return ("note", "CAM figure: no finished seed-0 runs yet.")
+        return Note("CAM figure: no finished seed-0 runs yet.")
     out_path = study_dir / "plots" / "cams.png"
     caption = (f"Grad-CAM of the same validation images, seed 0, level {top} "
                f"(and the baseline)")
@@ -411,7 +410,7 @@ def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
     if out_path.is_file() and not all(w.is_file() for w in weights):
         # committed results keep each run's record but not its weights: keep the figure
         # drawn when they were there instead of losing it
-        return ("img", out_path, caption + " (drawn when the runs' weights were present)")
+        return Figure(out_path, caption + " (drawn when the runs' weights were present)")
     try:
         from ..explain.cam import compare_figure
         compare_figure([study_dir / "runs" / k for k, _ in chosen], cfg["data"], out_path,
@@ -421,90 +420,7 @@ def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
     except Exception as exc:  # CAMs are an extra: the report must still be written
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         echo(f"note: CAM figure unavailable ({type(exc).__name__}: {reason})")
-        return ("note", f"CAM figure unavailable: {type(exc).__name__}: {reason}")
+        return Note(f"CAM figure unavailable: {type(exc).__name__}: {reason}")
     if not out_path.is_file():
-        return ("note", "CAM figure unavailable: compare_figure wrote no file.")
-    return ("img", out_path, caption)
-
-
-# -- renderers ------------------------------------------------------------------------------
-
-def to_markdown(title: str, sections: list, root: Path) -> str:
-    lines = [f"# {title}", ""]
-    for sec in sections:
-        kind = sec[0]
-        if kind == "h2":
-            lines += [f"## {sec[1]}", ""]
-        elif kind == "p":
-            lines += [sec[1], ""]
-        elif kind == "note":
-            lines += [f"> **Note:** {sec[1]}", ""]
-        elif kind == "pre":
-            lines += ["```", sec[1], "```", ""]
-        elif kind == "list":
-            lines += [f"- {item}" for item in sec[1]] + [""]
-        elif kind == "table":
-            lines += [render(sec[1], "markdown") if sec[1] else "(no rows)", ""]
-        elif kind == "img":
-            rel = Path(sec[1]).resolve().relative_to(Path(root).resolve())
-            lines += [f"![{sec[2]}]({rel.as_posix()})", "", f"*{sec[2]}*", ""]
-    return "\n".join(lines)
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1150px;
-margin:2em auto;padding:0 1em;color:#1a1a1a;line-height:1.45}
-h1{font-size:1.6em;border-bottom:2px solid #d55e00;padding-bottom:.2em}
-h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;white-space:nowrap}
-th{background:#f3f3f3}td.n{text-align:right}
-.scroll{overflow-x:auto}
-tr:nth-child(even) td{background:#fafafa}
-figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:.85em;color:#555}
-pre{background:#f6f6f6;padding:.7em;overflow-x:auto;font-size:.85em}
-.note{background:#fff6e5;border-left:4px solid #e69f00;padding:.5em .8em}
-"""
-
-
-def _text(value) -> str:
-    """Escape for an HTML text node (quotes stay readable: they need no escaping there)."""
-    return html.escape(str(value), quote=False)
-
-
-def html_table(rows: list[dict]) -> str:
-    if not rows:
-        return "<p>(no rows)</p>"
-    return f'<div class="scroll">{render(rows, "html")}</div>'
-
-
-def _data_uri(path: Path) -> str:
-    kind = {"png": "image/png", "svg": "image/svg+xml"}[Path(path).suffix[1:].lower()]
-    return f"data:{kind};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
-
-
-def to_html(title: str, sections: list, root: Path) -> str:
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{_text(title)}</title>", f"<style>{CSS}</style></head><body>",
-             f"<h1>{_text(title)}</h1>"]
-    for sec in sections:
-        kind = sec[0]
-        if kind == "h2":
-            parts.append(f"<h2>{_text(sec[1])}</h2>")
-        elif kind == "p":
-            parts.append(f"<p>{_text(sec[1])}</p>")
-        elif kind == "note":
-            parts.append(f'<p class="note">{_text(sec[1])}</p>')
-        elif kind == "pre":
-            parts.append(f"<pre>{_text(sec[1])}</pre>")
-        elif kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{_text(i)}</li>" for i in sec[1])
-                         + "</ul>")
-        elif kind == "table":
-            parts.append(html_table(sec[1]))
-        elif kind == "img":
-            parts.append(f'<figure><img src="{_data_uri(sec[1])}" alt="{html.escape(sec[2])}">'
-                         f"<figcaption>{_text(sec[2])}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+        return Note("CAM figure unavailable: compare_figure wrote no file.")
+    return Figure(out_path, caption)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io.files import write_json
-from ..io.files import write_text
+from ..io.files import write_json, write_text
 from ..io.records import load_record, read_run, search_run_key
-from ..model.names import ALPHA, BETA, GAMMA
 from ..io.table import render
+from ..model.names import ALPHA, BETA, GAMMA
+from .render import Bullets, Figure, Heading, Note, Para, Pre, Table
 
 PAPER = (ALPHA, BETA, GAMMA)
 
@@ -158,34 +158,34 @@ def search_sections(search_dir, results: dict | None = None) -> tuple[str, list]
     s: list = []
     if res["best"]:
         b = res["best"]
-        s.append(("p", f"Best coefficients on this proxy budget: alpha={b['alpha']:g}, "
+        s.append(Para(f"Best coefficients on this proxy budget: alpha={b['alpha']:g}, "
                        f"beta={b['beta']:g}, gamma={b['gamma']:g} ({b['top1']}). Use them with "
                        f"`effscale study --coefficients {b['coefficients']}` or in a model name "
                        f"(`{cfg['base']}@phi=2,alpha={b['alpha']:g},beta={b['beta']:g},"
                        f"gamma={b['gamma']:g}` when the base has no phi/res)."))
     else:
-        s.append(("note", f"No recommendation: {res['why']}."))
+        s.append(Note(f"No recommendation: {res['why']}."))
     if res["paper_rank"]:
-        s.append(("p", res["paper_rank"][0].upper() + res["paper_rank"][1:] + "."))
+        s.append(Para(res["paper_rank"][0].upper() + res["paper_rank"][1:] + "."))
     if cfg["seeds"] < 2:
-        s.append(("note", "One seed per candidate: the ranking has no error bars."))
-    s += [("h2", "Candidates (ranked by mean final top-1)"),
-          ("p", f"Each candidate is the base at phi=1 with gamma = sqrt(2 / (alpha beta^2)) "
+        s.append(Note("One seed per candidate: the ranking has no error bars."))
+    s += [Heading("Candidates (ranked by mean final top-1)"),
+          Para(f"Each candidate is the base at phi=1 with gamma = sqrt(2 / (alpha beta^2)) "
                 f"(rounded to 3 decimals; kept when alpha*beta^2*gamma^2 is within "
                 f"{cfg['tolerance']:.0%} of 2 and all coefficients are >= 1). Proxy budget: "
                 f"{cfg['epochs']} epochs, train subset {cfg['subset'] or 'all'}, "
                 f"{len(record['seeds'])} seeds. MACs vs base shows how close the channel and "
                 f"block rounding keep each candidate to the intended 2x."),
-          ("table", display(res["rows"])),
-          ("img", Path(res["figure"][0]), "Mean top-1 over (alpha, beta); red box: best, "
+          Table(display(res["rows"])),
+          Figure(Path(res["figure"][0]), "Mean top-1 over (alpha, beta); red box: best, "
                                           "dashed: the paper's point; – : skipped")]
     skipped = [c for c in record["grid"] if c["skip"]]
     if skipped:
-        s.append(("list", [f"alpha={c['alpha']:g}, beta={c['beta']:g}: skipped, {c['skip']}"
+        s.append(Bullets([f"alpha={c['alpha']:g}, beta={c['beta']:g}: skipped, {c['skip']}"
                            for c in skipped]))
-    s += [("h2", "Reproduce"), ("pre", "\n".join(record.get("commands", []))),
-          ("h2", "Environment"),
-          ("table", [{"key": k, "value": v} for k, v in record.get("environment", {}).items()]
+    s += [Heading("Reproduce"), Pre("\n".join(record.get("commands", []))),
+          Heading("Environment"),
+          Table([{"key": k, "value": v} for k, v in record.get("environment", {}).items()]
            + [{"key": "seeds", "value": ", ".join(map(str, record["seeds"]))},
               {"key": "wall time", "value": f"{record.get('wall_time_s', 0):.0f} s"}])]
     return title, s
