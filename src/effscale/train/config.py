@@ -7,76 +7,104 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..model.memory import parse_bytes
 from ..model.names import model_spec
-from .recipes import OPTIMIZERS, RECIPE_FIELDS, SCHEDULES, fit_batch, get_recipe
+from ..data.augment import AUTOAUGMENT_POLICIES
+from ..data.sources import DATASETS
+from .recipes import OPTIMIZERS, RECIPE_FIELDS, RECIPES, SCHEDULES, fit_batch, get_recipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def flag(default, help: str | None = None, *, choices: tuple | None = None):
+    """A Config field that is also an `effscale train` flag: its help text and, for the
+    enumerations, the values it may take (listed in the CLI's help; `_check` enforces them)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Config:
     """Everything a run depends on, as plain values. None means "the recipe's value"."""
     # what to train, on what, where to
-    model: str = "b0"
-    data: str = "digits"
-    data_dir: str | None = None
-    out: str | None = None               # run directory; default runs/<data>-<model>-s<seed>
-    recipe: str = "fast"
-    seed: int = 0
-    stem_stride: int = 2
-    in_chans: int | None = None          # default: the data's (or the pretrained model's)
-    pretrained: str | None = None        # model file or weights to fine-tune from
-    subset: int | None = None            # use only this many training images
-    val_subset: int | None = None
+    model: str = flag("b0", 'model name, e.g. b0, b3, b0@phi=-2,res=64 (default b0)')
+    data: str = flag("digits", 'the dataset (default digits)', choices=DATASETS)
+    data_dir: str | None = flag(None,
+                                "where the dataset files are (default: the dataset's usual "
+                                'place)')
+    out: str | None = flag(None, 'run directory (default runs/<data>-<model>-s<seed>)')
+    recipe: str = flag("fast",
+                       'the training recipe (default fast; train/recipes.py)',
+                       choices=tuple(RECIPES))
+    seed: int = flag(0, 'random seed (default 0)')
+    stem_stride: int = flag(2, "1 keeps small images' resolution through the stem (default 2)")
+    in_chans: int | None = flag(None, "model input channels (default: the data's)")
+    pretrained: str | None = flag(None, 'fine-tune from this model file or weights file')
+    subset: int | None = flag(None, 'train on this many images only')
+    val_subset: int | None = flag(None, 'validate on this many images only')
     # recipe values (see recipes.py); None: take the recipe's
-    epochs: int | None = None
-    batch_size: int | None = None        # global batch (all ranks, all micro-batches)
-    lr: float | None = None              # None: lr_per_256 * batch_size / 256
-    lr_per_256: float | None = None
-    optimizer: str | None = None
-    momentum: float | None = None
-    alpha: float | None = None
-    eps: float | None = None
-    weight_decay: float | None = None
-    decay_bn_bias: bool | None = None
-    schedule: str | None = None
-    warmup_epochs: float | None = None
-    warmup_start: float | None = None
-    decay_rate: float | None = None
-    decay_epochs: float | None = None
-    label_smoothing: float | None = None
-    ema_decay: float | None = None
-    drop_path_rate: float | None = None
-    autoaugment: str | None = None        # none, autoaugment or randaugment
-    flip: bool | None = None
-    crop_padding: int | None = None
-    cutout: int | None = None
-    grad_clip: float | None = None
-    pretrained_lr_scale: float | None = None
-    warmup_fraction: float | None = None
-    momentum_at_peak: float | None = None
-    min_steps_per_epoch: int | None = None
-    zero_init: bool | None = None
+    epochs: int | None = flag(None, "epochs (default: the recipe's)")
+    batch_size: int | None = flag(None,
+                                  'global batch size over all ranks and micro-batches (default: '
+                                  "the recipe's, halved for small data; see "
+                                  '--min-steps-per-epoch)')
+    lr: float | None = flag(None, 'peak learning rate (default: lr-per-256 x batch / 256)')
+    lr_per_256: float | None = flag(None, 'peak learning rate per 256 images')
+    optimizer: str | None = flag(None, "the optimizer (default: the recipe's)", choices=OPTIMIZERS)
+    momentum: float | None = flag(None)
+    alpha: float | None = flag(None, 'RMSprop squared-gradient decay')
+    eps: float | None = flag(None)
+    weight_decay: float | None = flag(None)
+    decay_bn_bias: bool | None = flag(None, 'apply weight decay to BN weights and biases')
+    schedule: str | None = flag(None,
+                                'the learning-rate schedule after warm-up',
+                                choices=SCHEDULES)
+    warmup_epochs: float | None = flag(None)
+    warmup_start: float | None = flag(None, 'warm-up starts at this x peak lr')
+    decay_rate: float | None = flag(None)
+    decay_epochs: float | None = flag(None)
+    label_smoothing: float | None = flag(None)
+    ema_decay: float | None = flag(None, 'weight EMA decay, 0 for none')
+    drop_path_rate: float | None = flag(None, 'stochastic depth rate')
+    autoaugment: str | None = flag(None,
+                                   'an augmentation policy from torchvision',
+                                   choices=AUTOAUGMENT_POLICIES)
+    flip: bool | None = flag(None, 'random horizontal flips')
+    crop_padding: int | None = flag(None, 'random crop padding in native pixels')
+    cutout: int | None = flag(None, 'cutout square side in native pixels, 0 for none')
+    grad_clip: float | None = flag(None, 'max gradient norm, 0 for none')
+    pretrained_lr_scale: float | None = flag(None, 'lr multiplier when fine-tuning')
+    warmup_fraction: float | None = flag(None,
+                                         "the warm-up lasts at least this fraction of the run's "
+                                         'steps')
+    momentum_at_peak: float | None = flag(None,
+                                          'momentum at the peak lr, cycled against it (fast: '
+                                          '0.85)')
+    min_steps_per_epoch: int | None = flag(None,
+                                           'halve the default batch until an epoch has this many '
+                                           'steps')
+    zero_init: bool | None = flag(None,
+                                  'residual blocks start as the identity, the classifier at 0 '
+                                  '(fast: on)')
     # speed and memory
-    device: str = "auto"                 # auto: cuda if available, else cpu
-    precision: str = "auto"              # auto: bf16 on GPUs that have it, else fp16; fp32 on CPU
-    compile: bool = False
-    channels_last: bool = True
-    grad_checkpointing: bool = False
-    memory_budget: str | float | None = None  # bytes or "8GB"; default: free CUDA memory
-    sync_bn: bool = False
-    workers: int | None = None          # image-folder decoding processes; default min(4, cores)
-    eval_batch_size: int = 256
+    device: str = flag("auto", 'auto, cpu, cuda, cuda:1 ...')
+    precision: str = flag("auto", 'auto: bf16 (or fp16) on GPU, fp32 on CPU', choices=PRECISIONS)
+    compile: bool = flag(False, 'torch.compile the model')
+    channels_last: bool = flag(True, 'NHWC memory format (default on)')
+    grad_checkpointing: bool = flag(False, 'recompute blocks in backward to save memory')
+    memory_budget: str | float | None = flag(None,
+                                             'plan micro-batches for this much memory, e.g. 8GB')
+    sync_bn: bool = flag(False, 'synchronise BatchNorm statistics across ranks')
+    workers: int | None = flag(None, 'data worker processes for imagefolder')
+    eval_batch_size: int = flag(256)
     # safety and output
-    resume: bool = False
-    checkpoint_minutes: float = 10.0
-    checkpoint_steps: int = 0            # also checkpoint every N steps (0: off)
-    skip_nonfinite: bool = False
-    quiet: bool = False
+    resume: bool = flag(False, 'continue the run in --out')
+    checkpoint_minutes: float = flag(10.0, 'checkpoint at least this often (default 10)')
+    checkpoint_steps: int = flag(0, 'also checkpoint every N steps')
+    skip_nonfinite: bool = flag(False, 'skip steps whose loss is NaN/inf instead of stopping')
+    quiet: bool = flag(False, 'no progress bar: one line per epoch')
 
     def as_dict(self) -> dict:
         return asdict(self)
