@@ -12,7 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .runs import Job, failure, finished_detail, progress_line, run_cost, split_jobs
+from .runs import (Job, RunStatus, failure, finished_detail, progress_line, run_cost,
+                   split_jobs)
 
 
 def _cpu_count() -> int:
@@ -84,7 +85,7 @@ class _Pool:
         config = dict(job.config, out=str(job.out), resume=resume)
         t0 = time.time()
         try:
-            status, detail = "finished", finished_detail(self._train(config, job.key))
+            status, detail = RunStatus.FINISHED, finished_detail(self._train(config, job.key))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # keep going: one bad run must not lose the others

@@ -27,8 +27,8 @@ import os
 import time
 from pathlib import Path
 
-from .runs import (Job, failure, finished_detail, progress_line, run_cost, run_status,
-                   split_jobs)
+from .runs import (Job, RunStatus, failure, finished_detail, progress_line, run_cost,
+                   run_status, split_jobs)
 
 RAY_MISSING = "the ray executor needs Ray: pip install 'effscale[ray]'"
 
@@ -72,9 +72,9 @@ def _train_task(config: dict, threads: int) -> dict:
     t0 = time.time()
     # 'finished' too goes through train(): with resume=True it returns the saved summary
     # (a worker that died after writing summary.json but before Ray heard back)
-    resume = status != "new"
+    resume = status is not RunStatus.NEW
     summary = train(dict(config, resume=resume))
-    return {"summary": summary, "resumed": status == "partial", "seconds": time.time() - t0}
+    return {"summary": summary, "resumed": status is RunStatus.PARTIAL, "seconds": time.time() - t0}
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -130,7 +130,7 @@ def _collect(ray, pending: dict, total: int, echo) -> dict:
             job = pending.pop(ready[0])
             try:
                 answer = ray.get(ready[0])
-                results[job.key] = "finished"
+                results[job.key] = RunStatus.FINISHED
                 detail = finished_detail(answer["summary"])
                 took, resumed = answer["seconds"], answer["resumed"]
             except ray.exceptions.RayError as exc:  # one bad run must not lose the others

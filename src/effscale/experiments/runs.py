@@ -6,9 +6,34 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from ..model.profile import profile
+
+
+class RunStatus(str, Enum):
+    """Where a run stands: on disk (NEW, PARTIAL, FINISHED) and after an executor (FINISHED,
+    SKIPPED: finished before, or a Failure). A str, so records and tests read it as text."""
+    NEW = "new"
+    PARTIAL = "partial"
+    FINISHED = "finished"
+    SKIPPED = "skipped"
+
+    __hash__ = str.__hash__  # hash like its text, so {"finished"} == {RunStatus.FINISHED}
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Failure(str):
+    """A failed run's status, 'failed: Type: first line of the message': text for the user,
+    a type for the code (`isinstance(status, Failure)`)."""
+
+
+def failed_keys(statuses: dict) -> list[str]:
+    """The keys of the runs that failed."""
+    return [key for key, status in statuses.items() if isinstance(status, Failure)]
 
 
 @dataclass(frozen=True)
@@ -24,12 +49,12 @@ def run_status(out: Path) -> str:
     if summary.is_file():
         try:
             if json.loads(summary.read_text()).get("status") == "finished":
-                return "finished"
+                return RunStatus.FINISHED
         except (OSError, ValueError):
             pass
     if Path(out).is_dir() and any(Path(out).iterdir()):
-        return "partial"
-    return "new"
+        return RunStatus.PARTIAL
+    return RunStatus.NEW
 
 
 def split_jobs(jobs: list[Job], echo=print) -> tuple[dict, list[tuple[Job, bool]]]:
@@ -38,10 +63,10 @@ def split_jobs(jobs: list[Job], echo=print) -> tuple[dict, list[tuple[Job, bool]
     results, todo = {}, []
     for job in jobs:
         status = run_status(job.out)
-        if status == "finished":
-            results[job.key] = "skipped"
+        if status is RunStatus.FINISHED:
+            results[job.key] = RunStatus.SKIPPED
         else:
-            todo.append((job, status == "partial"))
+            todo.append((job, status is RunStatus.PARTIAL))
     if results:
         echo(f"{len(results)} of {len(jobs)} runs already finished: skipped")
     return results, todo
@@ -84,7 +109,7 @@ def finished_detail(summary) -> str:
     return f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""
 
 
-def failure(exc: BaseException) -> str:
+def failure(exc: BaseException) -> Failure:
     """A failed run's status: 'failed: Type: first line of the message'."""
     text = str(exc).strip()
-    return f"failed: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    return Failure(f"failed: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")

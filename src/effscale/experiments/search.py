@@ -17,16 +17,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..data.sources import BUILTIN, DATASETS
 from ..io.files import write_json
 from ..io.records import (api_command, check_same_runs, command_history, environment,
                           load_record, search_run_key)
 from ..model.names import parse_name
 from ..model.profile import profile
-from .executors import check_executor, execute
-from .runs import Job, engine_config
-from ..data.sources import BUILTIN, DATASETS
-from .study import compound_base, dataset_shape, parse_floats
 from ..report.search import PAPER, write_search_results
+from .executors import check_executor, execute
+from .runs import Job, engine_config, failed_keys
+from .study import compound_base, dataset_shape, parse_floats
 
 TARGET = 2.0         # FLOPs multiplier per unit of phi (paper eq. 3)
 
@@ -201,7 +201,7 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
         echo(result["paper_rank"])
     from ..report.results import report
     report(out, echo=echo, results=result)
-    result.update(out=str(out), failed=[k for k, s in statuses.items() if s.startswith("failed")])
+    result.update(out=str(out), failed=failed_keys(statuses))
     return result
 
 

@@ -24,19 +24,15 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..data.sources import BUILTIN, DATASETS
 from ..io.files import write_json
 from ..io.records import (api_command, check_same_runs, command_history, environment,
-                          load_study)
-from ..data.sources import BUILTIN, DATASETS
-from ..model.profile import STRATEGIES, match_flops, profile
+                          level_label, load_study, parse_level)
 from ..model.names import Variant, parse_name
+from ..model.profile import STRATEGIES, match_flops, profile
 from ..model.spec import FAMILY
 from .executors import check_executor, execute
-from .runs import Job, engine_config
-
-
-# (classes, channels) of the built-in datasets, so a plan needs no data loaded. Anything else
-# (imagefolder:PATH) asks effscale.data.
+from .runs import Job, RunStatus, engine_config, failed_keys
 
 # Per-dataset defaults: what `effscale study --data X` runs with no other flag.
 # digits: the quick study (`make run`): 1 level, 2 seeds, all 5 strategies, a tiny base at
@@ -273,10 +269,6 @@ def compound_base(base: Variant, coefficients=None) -> Variant:
                    r=round(base.resolution / family.resolution, 6), alpha=a, beta=b, gamma=g)
 
 
-def level_label(value: float, kind: str = "level") -> str:
-    return f"phi{value:g}" if kind == "phi" else f"{value:g}"
-
-
 def plan_models(config: StudyConfig, num_classes: int, in_chans: int) -> list[PlannedModel]:
     """Every (strategy, level) model with its MACs matched to the level's target. Pure."""
     base = parse_name(config.base)
@@ -438,10 +430,11 @@ def matched_plan(config: StudyConfig, num_classes: int, in_chans: int,
             far = mismatches(models, config.max_mismatch)
     if far:
         hint = ""
-        bad_levels = sorted({m.level for m in models if abs(m.ratio - 1) > config.max_mismatch
-                             and not m.level.startswith("phi")}, key=float)
+        bad_levels = sorted(parse_level(m.level)[1] for m in models
+                            if abs(m.ratio - 1) > config.max_mismatch
+                            and parse_level(m.level)[0] == "level")
         if bad_levels:
-            level = suggest_level(config, float(bad_levels[0]), num_classes, in_chans)
+            level = suggest_level(config, bad_levels[0], num_classes, in_chans)
             if level is not None:
                 hint = f" (level {level:g} can be matched)"
         raise ValueError(f"FLOPs not matched within {config.max_mismatch:.0%}: {far[0]}"
@@ -499,13 +492,13 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     jobs = [Job(r.key, out / "runs" / r.key, run_entries[r.key]["train"]) for r in runs]
     t0 = time.time()
     statuses = execute(jobs, config, log_dir=out / "logs", echo=echo)
-    if all(s == "skipped" for s in statuses.values()) and old:
+    if all(s is RunStatus.SKIPPED for s in statuses.values()) and old:
         # nothing trained: the results still come from the machine and time that made them
         record.update(environment=old.get("environment"), wall_time_s=old.get("wall_time_s"))
     else:
         record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
     write_json(out / "study.json", record)
-    failed = [k for k, s in statuses.items() if s.startswith("failed")]
+    failed = failed_keys(statuses)
     for key in failed:
         echo(f"warning: {key} {statuses[key]}")
     from ..report.results import write_results

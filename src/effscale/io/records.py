@@ -112,3 +112,13 @@ def read_run(run_dir: Path) -> dict:
             metrics = list(csv.DictReader(f))
     return {"summary": summary, "metrics": metrics,
             "finished": summary.get("status") == "finished"}
+
+
+# A FLOPs level in a record and a run key: "2.5" (x the base's MACs) or "phi1" (compound phi)
+def level_label(value: float, kind: str = "level") -> str:
+    return f"phi{value:g}" if kind == "phi" else f"{value:g}"
+
+
+def parse_level(label: str) -> tuple[str, float]:
+    """("level" | "phi", value) of a level label: the one place that reads the format."""
+    return ("phi", float(label[3:])) if label.startswith("phi") else ("level", float(label))

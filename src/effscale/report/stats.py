@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ..io.records import parse_level
+
 ALPHA = 0.05  # significance level of every test and the 95% confidence intervals
 
 
@@ -211,7 +213,8 @@ def _corrected(tested: list[Comparison]) -> str:
 
 
 def _level(label: str) -> str:
-    return f"phi={label[3:]}" if label.startswith("phi") else f"{label}x MACs"
+    kind, value = parse_level(label)
+    return f"phi={value:g}" if kind == "phi" else f"{value:g}x MACs"
 
 
 def _join(items) -> str:
