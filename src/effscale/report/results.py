@@ -81,12 +81,6 @@ def _round(x, digits=3):
     return None if x is None else round(x, digits)
 
 
-def _pm(mean, std, n) -> str:
-    if mean is None:
-        return "not run"
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f} (n=1, no error bar)"
-
-
 def _macs_unit(rows) -> tuple[str, float]:
     biggest = max((r["macs"] for r in rows), default=0)
     return ("G", 1e9) if biggest >= 1e9 else ("M", 1e6)
@@ -100,7 +94,7 @@ def display_rows(rows: list[dict]) -> list[dict]:
         "d": f"{r['d']:.3g}", "w": f"{r['w']:.3g}", "r": f"{r['r']:.3g}", "res": r["res"],
         "params(M)": f"{r['params'] / 1e6:.3f}", f"MACs({unit})": f"{r['macs'] / scale:.4g}",
         "ratio to target": f"{r['ratio']:.3f}",
-        "top-1 (%)": _pm(r["top1_mean"], r["top1_std"], r["n"]),
+        "top-1 (%)": stats.format_pm(r["top1_mean"], r["top1_std"], r["n"]),
         "n": f"{r['n']}/{r['planned']}",
         "best epoch": "" if r["best_epoch"] is None else f"{r['best_epoch']:g}",
         "wall time (s)": "" if r["wall_time_s"] is None else f"{r['wall_time_s']:.0f}",
@@ -148,7 +142,7 @@ def table7_rows(rows: list[dict], data: str = "ours") -> tuple[list[dict], str |
             "our model": ours["model"],
             "our d/w/r": f"{ours['d']:.3g}/{ours['w']:.3g}/{ours['r']:.3g}",
             "our MACs vs base": (f"{ours['macs'] / base_macs:.2f}x" if base_macs else ""),
-            f"our top-1 ({data})": _pm(ours["top1_mean"], ours["top1_std"], ours["n"]),
+            f"our top-1 ({data})": stats.format_pm(ours["top1_mean"], ours["top1_std"], ours["n"]),
             "ours vs base": "" if delta is None else f"{delta:+.2f}",
         })
     return out, chosen

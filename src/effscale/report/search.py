@@ -10,6 +10,7 @@ from ..io.records import load_record, read_run, search_run_key
 from ..io.table import render
 from ..model.names import ALPHA, BETA, GAMMA
 from .render import Bullets, Figure, Heading, Note, Para, Pre, Table
+from .stats import format_pm
 
 PAPER = (ALPHA, BETA, GAMMA)
 
@@ -135,11 +136,7 @@ def write_search_results(search_dir) -> dict:
 
 
 def _pm(row) -> str:
-    if row["top1_mean"] is None:
-        return "not run"
-    if row["top1_std"] is None:
-        return f"{row['top1_mean']:.2f}% (n=1)"
-    return f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f}% (n={row['n']})"
+    return format_pm(row["top1_mean"], row["top1_std"], row["n"], "%")
 
 
 def display(rows: list[dict]) -> list[dict]:

@@ -70,6 +70,16 @@ class Comparison:
                 f"{format_p(self.p_adj)}")
 
 
+def format_pm(mean: float | None, std: float | None, n: int, unit: str = "") -> str:
+    """'90.12 ± 0.30' (with `unit` after each number and n when unit is given), '90.12 (n=1,
+    no error bar)', or 'not run': how every table shows a mean over seeds."""
+    if mean is None:
+        return "not run"
+    if std is None:
+        return f"{mean:.2f}{unit} (n=1, no error bar)"
+    return f"{mean:.2f} ± {std:.2f}{unit}" + (f" (n={n})" if unit else "")
+
+
 def _signed(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.2f}"
 
