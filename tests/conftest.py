@@ -23,3 +23,13 @@ def run_cli(capsys):
         out, err = capsys.readouterr()
         return code, out, err
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test: on a busy 2-core machine two OpenMP threads per process run
+    ~10x slower, and study workers and Ray tasks train with one thread too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

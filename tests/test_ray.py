@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from effscale.experiments.ray_executor import run_jobs_ray
 from effscale.experiments.local import run_jobs
@@ -126,15 +125,6 @@ def _stop_cluster(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
 
-
-@pytest.fixture
-def one_thread():
-    # the Ray tasks train with one thread (cpus_per_run=1); the local reference does the same
-    # so both run the very same kernels, and it is gentle on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from effscale.report import stats
 from effscale.experiments.local import run_jobs
@@ -155,14 +154,6 @@ def test_runner_keeps_going_when_a_run_fails(tmp_path, monkeypatch):
 
 
 # -- a whole quick study on digits ----------------------------------------------------------
-
-@pytest.fixture
-def one_thread():
-    # one thread: on a busy 2-core machine two OpenMP threads per process run ~10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_quick_study_end_to_end_then_resume_trains_nothing(run_cli, tmp_path, one_thread):
