@@ -74,8 +74,8 @@ def run(args) -> int:
         print(f"effscale: warning: {message}", file=sys.stderr)
     if args.compare:
         from ..explain.figures import comparison_figure
-        from ..explain.cam import _run_title
-        titles = args.labels or [_run_title(r) for r in runs]
+        from ..explain.cam import run_title
+        titles = args.labels or [run_title(r) for r in runs]
         comparison_figure(results, args.out, titles=titles)
 
     if len(results) == 1:

@@ -442,12 +442,13 @@ def compare_figure(run_dirs, data=None, out_path="cams_compare.png", *, images: 
             warnings.simplefilter("ignore")  # kept in result.warnings
             results.append(cam(run, data, images=images, method=method, layer=layer,
                                target=target, use_ema=use_ema))
-    titles = list(labels) if labels is not None else [_run_title(r) for r in run_dirs]
+    titles = list(labels) if labels is not None else [run_title(r) for r in run_dirs]
     comparison_figure(results, out_path, titles=titles)
     return results
 
 
-def _run_title(run) -> str:
+def run_title(run) -> str:
+    """A column title for a model, run directory or model file: its name."""
     if isinstance(run, torch.nn.Module):
         return run.spec.name
     path = Path(run)
