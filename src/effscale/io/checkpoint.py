@@ -67,6 +67,13 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, json.loads(metadata["effscale"])
 
 
+def split_ema(tensors: dict) -> tuple[dict, dict]:
+    """(raw weights, EMA weights) of a model file's tensors; EMA is {} when it has none."""
+    ema = {k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+    raw = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
+    return raw, ema
+
+
 def load_model_file(path: str | Path, *, use_ema: bool = True,
                     map_location: str | torch.device = "cpu") -> tuple[EfficientNet, dict]:
     """Rebuild the model of a checkpoint (EMA weights when present and asked for), in eval mode."""
@@ -74,8 +81,7 @@ def load_model_file(path: str | Path, *, use_ema: bool = True,
     model = create_model(meta["model"], meta["num_classes"], drop_rate=meta.get("drop_rate"),
                          drop_path_rate=meta.get("drop_path_rate", 0.2), bn=meta.get("bn", "torch"),
                          stem_stride=meta.get("stem_stride", 2), in_chans=meta.get("in_chans", 3))
-    ema = {k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
-    raw = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
+    raw, ema = split_ema(tensors)
     chosen = ema if (use_ema and ema) else raw
     model.load_state_dict(chosen)
     meta = dict(meta, weights="ema" if chosen is ema else "raw")

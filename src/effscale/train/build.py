@@ -56,9 +56,8 @@ def load_pretrained(model: nn.Module, path: str, num_classes: int, log) -> None:
 
 
 def _load_effscale(model: nn.Module, path: str, tensors: dict, keep_classifier: bool) -> None:
-    ema = {k[len(ckpt.EMA_PREFIX):]: v for k, v in tensors.items()
-           if k.startswith(ckpt.EMA_PREFIX)}
-    state = ema or {k: v for k, v in tensors.items() if not k.startswith(ckpt.EMA_PREFIX)}
+    raw, ema = ckpt.split_ema(tensors)
+    state = ema or raw
     if not keep_classifier:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
