@@ -1,14 +1,33 @@
-"""Which executor trains a study's or a search's runs: the choice, its checks, the dispatch."""
+"""Which executor trains a study's or a search's runs: the choice, the checks both
+experiments share, the dispatch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.sources import BUILTIN, DATASETS
+from ..model.names import parse_name
 from .local import auto_jobs, run_jobs
 from .runs import Job
 
 
 EXECUTORS = ("local", "ray")  # local: in-process or a process pool; ray: one Ray task per run
+
+
+def check_experiment(config) -> None:
+    """The checks a study and a search share: base model, budget, dataset, executor."""
+    parse_name(config.base)  # raises ValueError naming the problem
+    if int(config.seeds) != config.seeds or config.seeds < 1:
+        raise ValueError(f"seeds must be a whole number >= 1, got {config.seeds}")
+    if int(config.epochs) != config.epochs or config.epochs < 1:
+        raise ValueError(f"epochs must be a whole number >= 1, got {config.epochs}")
+    if config.jobs is not None and config.jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {config.jobs}")
+    if config.stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {config.stem_stride}")
+    if config.data not in BUILTIN and not config.data.startswith("imagefolder:"):
+        raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)}")
+    check_executor(config)
 
 
 def check_executor(config) -> None:

@@ -17,14 +17,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..data.sources import BUILTIN, DATASETS
 from ..io.files import write_json
 from ..io.records import (api_command, check_same_runs, command_history, environment,
                           load_record, search_run_key)
 from ..model.names import parse_name
 from ..model.profile import profile
 from ..report.search import PAPER, write_search_results
-from .executors import check_executor, execute
+from .executors import check_experiment, execute
 from .runs import Job, engine_config, failed_keys
 from .study import compound_base, dataset_shape, parse_floats
 
@@ -118,16 +117,7 @@ def resolve_config(values: dict) -> SearchConfig:
         if key in values:
             values[key] = parse_grid(values[key], key)
     config = SearchConfig(**values)
-    parse_name(config.base)
-    if config.seeds < 1 or int(config.seeds) != config.seeds:
-        raise ValueError(f"seeds must be a whole number >= 1, got {config.seeds}")
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
-    if config.jobs is not None and config.jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {config.jobs}")
-    check_executor(config)
-    if config.data not in BUILTIN and not config.data.startswith("imagefolder:"):
-        raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)}")
+    check_experiment(config)
     if not any(c["skip"] is None for c in candidates(config.alphas, config.betas,
                                                      tolerance=config.tolerance)):
         raise ValueError("no grid point has alpha, beta, gamma >= 1 with "

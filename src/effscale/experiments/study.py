@@ -24,14 +24,14 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..data.sources import BUILTIN, DATASETS
+from ..data.sources import BUILTIN
 from ..io.files import write_json
 from ..io.records import (api_command, check_same_runs, command_history, environment,
                           level_label, load_study, parse_level)
 from ..model.names import Variant, parse_name
 from ..model.profile import STRATEGIES, match_flops, profile
 from ..model.spec import FAMILY
-from .executors import check_executor, execute
+from .executors import check_experiment, execute
 from .runs import Job, RunStatus, engine_config, failed_keys
 
 # Per-dataset defaults: what `effscale study --data X` runs with no other flag.
@@ -193,7 +193,7 @@ def resolve_config(file_values: dict | None = None, flags: dict | None = None) -
 
 
 def validate(config: StudyConfig) -> None:
-    parse_name(config.base)  # raises ValueError naming the problem
+    check_experiment(config)
     if config.levels and config.phis:
         raise ValueError("give FLOPs levels (--levels 2,4) or phis (--phis 1,2), not both")
     needs_levels = any(s != "baseline" for s in config.strategies)
@@ -203,19 +203,8 @@ def validate(config: StudyConfig) -> None:
     for level in config.levels:
         if level <= 0:
             raise ValueError(f"levels must be > 0 (multiples of the base's MACs), got {level:g}")
-    if int(config.seeds) != config.seeds or config.seeds < 1:
-        raise ValueError(f"seeds must be a whole number >= 1, got {config.seeds}")
-    if int(config.epochs) != config.epochs or config.epochs < 1:
-        raise ValueError(f"epochs must be a whole number >= 1, got {config.epochs}")
-    if config.jobs is not None and config.jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {config.jobs}")
-    if config.stem_stride not in (1, 2):
-        raise ValueError(f"stem_stride must be 1 or 2, got {config.stem_stride}")
-    check_executor(config)
     if not 0 < config.max_mismatch < 1:
         raise ValueError(f"max_mismatch must be in (0, 1), got {config.max_mismatch}")
-    if config.data not in BUILTIN and not config.data.startswith("imagefolder:"):
-        raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)}")
 
 
 # -- the plan (pure) ------------------------------------------------------------------------
