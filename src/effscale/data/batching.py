@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -73,16 +75,34 @@ def check_channels(channels: int | None, in_chans: int) -> int:
                      f"(only 1 -> 3 is supported)")
 
 
-def to_model_input(images: torch.Tensor, resolution: int, shift: torch.Tensor,
-                   scale: torch.Tensor, channels: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class Normalisation:
+    """A dataset's mean and std as the loaders apply them to uint8 batches: `fill`, the mean
+    colour as uint8 (what cutout paints), and `shift` / `scale` on the 0..255 scale, shaped
+    (1, C, 1, 1) on the batches' device."""
+
+    fill: torch.Tensor
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def of(cls, mean, std, device) -> "Normalisation":
+        mean = torch.tensor(mean, dtype=torch.float32)
+        std = torch.tensor(std, dtype=torch.float32)
+        return cls((mean * 255).round().to(torch.uint8), (mean * 255).view(1, -1, 1, 1).to(device),
+                   (1 / (std * 255)).view(1, -1, 1, 1).to(device))
+
+
+def to_model_input(images: torch.Tensor, resolution: int, norm: Normalisation,
+                   channels: int) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 (B, channels, R, R), resized (bilinear, antialiased when
-    shrinking) and normalised with per-channel shift / scale on the 0..255 scale."""
+    shrinking) and normalised (`norm`)."""
     x = images.float()
     h, w = x.shape[-2:]
     if (h, w) != (resolution, resolution):
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear",
                           align_corners=False, antialias=resolution < min(h, w))
-    x = (x - shift) * scale
+    x = (x - norm.shift) * norm.scale
     if channels != x.shape[1]:
         x = x.repeat(1, channels, 1, 1)
     return x

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from .augment import NO_AUGMENT, Augment, cutout
-from .batching import (AUGMENT_STREAM, check_channels, derive_seed, generator, shard_batches,
-                       to_device, to_model_input)
+from .batching import (AUGMENT_STREAM, Normalisation, check_channels, derive_seed, generator,
+                       shard_batches, to_device, to_model_input)
 from .splits import IMAGENET_MEAN, IMAGENET_STD, Data, DatasetInfo, stratified_subset
 
 EVAL_CROP_FRACTION = 0.875  # eval resizes to resolution / 0.875, then centre-crops
@@ -219,10 +219,7 @@ class FolderLoader:
         self.num_batches = len(index_batches)
         self.transform = folder_transform(resolution, train, self.augment)
         self.resolution = resolution
-        mean = torch.tensor(split.info.mean)
-        self._fill = (mean * 255).round().to(torch.uint8)
-        self._shift = (mean * 255).view(1, -1, 1, 1).to(self.device)
-        self._scale = (1 / (torch.tensor(split.info.std) * 255)).view(1, -1, 1, 1).to(self.device)
+        self.norm = Normalisation.of(split.info.mean, split.info.std, self.device)
 
     def __len__(self) -> int:
         return max(0, self.num_batches - self.start_batch)
@@ -242,6 +239,5 @@ class FolderLoader:
             images, labels = to_device(images, self.device), to_device(labels, self.device)
             if self.augment.cutout:
                 gen = generator(self.seed, self.epoch, AUGMENT_STREAM, self.rank, b)
-                images = cutout(images, self.augment.cutout, self._fill, gen)
-            yield to_model_input(images, self.resolution, self._shift, self._scale,
-                                 self.channels), labels
+                images = cutout(images, self.augment.cutout, self.norm.fill, gen)
+            yield to_model_input(images, self.resolution, self.norm, self.channels), labels

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from .augment import NO_AUGMENT, Augment, augment_batch
-from .batching import (AUGMENT_STREAM, check_channels, generator, shard_batches, to_device,
-                       to_model_input)
+from .batching import (AUGMENT_STREAM, Normalisation, check_channels, generator, shard_batches,
+                       to_device, to_model_input)
 from .splits import DatasetInfo, TensorSplit
 
 class TensorLoader:
@@ -33,10 +33,7 @@ class TensorLoader:
         self.channels = check_channels(channels, in_chans)
         mean = mean if mean is not None else (info.mean if info else (0.5,) * in_chans)
         std = std if std is not None else (info.std if info else (0.5,) * in_chans)
-        mean_t = torch.tensor(mean, dtype=torch.float32)
-        self._fill = (mean_t * 255).round().to(torch.uint8)  # cutout paints the mean
-        self._shift = (mean_t * 255).view(1, -1, 1, 1).to(self.device)
-        self._scale = (1 / (torch.tensor(std, dtype=torch.float32) * 255)).view(1, -1, 1, 1).to(self.device)
+        self.norm = Normalisation.of(mean, std, self.device)
         self.batches = shard_batches(len(split), batch_size=batch_size, train=train, seed=seed,
                                      epoch=epoch, rank=rank, world_size=world_size,
                                      drop_last=drop_last)
@@ -57,11 +54,11 @@ class TensorLoader:
                 labels = to_device(labels, self.device)
             if self.augment.active:
                 gen = generator(self.seed, self.epoch, AUGMENT_STREAM, self.rank, b)
-                images = augment_batch(images, self.augment, gen, self._fill)
+                images = augment_batch(images, self.augment, gen, self.norm.fill)
             yield self._finish(images), labels
 
     def _finish(self, images: torch.Tensor) -> torch.Tensor:
-        return to_model_input(images, self.resolution, self._shift, self._scale, self.channels)
+        return to_model_input(images, self.resolution, self.norm, self.channels)
 
 
 def make_loader(split, *, batch_size: int, resolution: int, train: bool, seed: int = 0,

@@ -19,9 +19,8 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from .profile import BYTES, profile
+from .profile import BYTES, count_layers, profile
 from .names import model_spec
-from .spec import conv_out
 
 GiB = 2 ** 30
 STATE_PER_PARAM = {"rmsprop": 2, "rmsprop_tf": 2, "sgd": 1, "adamw": 2}  # fp32 slots
@@ -76,45 +75,24 @@ def parse_bytes(value) -> int | None:
     return parse_bytes(number * scale)
 
 
-def _activation_elements(spec, resolution: int, stem_stride: int, in_chans: int,
-                         checkpointed: bool) -> tuple[int, int]:
-    """(saved elements, largest single map) per image; same counting rule as measure._count."""
-    size = conv_out(resolution, 3, stem_stride)
-    stem = in_chans * resolution * resolution + 3 * spec.stem_channels * size * size
-    largest = max(in_chans * resolution * resolution, spec.stem_channels * size * size)
-    block_inputs = blocks_total = block_max = 0
-    for b in spec.blocks():
-        mid = b.mid_channels
-        block_inputs += b.in_channels * size * size
-        saved = 3 * mid * size * size if b.expand_ratio != 1 else 0
-        largest = max(largest, mid * size * size)
-        size = conv_out(size, b.kernel, b.stride)
-        saved += 4 * mid * size * size + 2 * b.out_channels * size * size
-        blocks_total += saved
-        block_max = max(block_max, saved)
-    head = 3 * spec.head_channels * size * size
-    if checkpointed:
-        return stem + block_inputs + block_max + head, largest
-    return stem + blocks_total + head, largest
-
-
 def estimate(model: str, batch_size: int, *, resolution: int | None = None,
              precision: str = "fp32", grad_checkpointing: bool = False,
              optimizer: str = "rmsprop_tf", ema: bool = True, num_classes: int = 1000,
              stem_stride: int = 2, in_chans: int = 3) -> int:
     """Estimated peak bytes of one training step of `batch_size` images."""
     prof = profile(model, resolution, num_classes=num_classes, stem_stride=stem_stride,
-                   in_chans=in_chans, precision=precision)
-    spec = model_spec(model, stem_stride=stem_stride)
+                   in_chans=in_chans, precision=precision)  # checks the arguments
+    counts = count_layers(model_spec(model, stem_stride=stem_stride), prof.resolution,
+                          num_classes, stem_stride, in_chans)
     per_param = 4 * (2 + STATE_PER_PARAM.get(optimizer, 2) + (1 if ema else 0))
     if precision != "fp32":
         per_param += BYTES[precision]  # autocast's low-precision copies of the weights
-    saved, largest = _activation_elements(spec, prof.resolution, stem_stride, in_chans,
-                                          grad_checkpointing)
-    if not grad_checkpointing:
-        saved = prof.activation_bytes // BYTES[precision]  # the calibrated count
-    activations = (saved + 2 * largest) * BYTES[precision] * batch_size
-    total = prof.params * per_param + activations
+    saved = counts.saved
+    if grad_checkpointing:  # one block at a time is recomputed in backward
+        saved = (counts.stem_saved + sum(counts.block_inputs) + max(counts.block_saved, default=0)
+                 + counts.head_saved)
+    activations = (saved + 2 * counts.largest) * BYTES[precision] * batch_size
+    total = counts.params * per_param + activations
     return int(total * (1 + WORKSPACE_FRACTION) + WORKSPACE_FIXED)
 
 

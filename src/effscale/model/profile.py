@@ -32,40 +32,61 @@ class Profile:
         return asdict(self)
 
 
-def _count(spec: ModelSpec, resolution: int, num_classes: int, stem_stride: int, in_chans: int):
-    """Walk the network once: (params, MACs, saved activation elements) per image.
+@dataclass(frozen=True)
+class LayerCounts:
+    """One walk of the network, per image: what `profile` and the memory estimate
+    (`memory.estimate`) both read, so that they count by one rule.
 
     Saved elements follow what autograd keeps: a conv+BN+SiLU keeps its conv output (for BN),
     BN output (for SiLU) and SiLU output (for the next conv): 3 maps; conv+BN keeps 2; the SE
     product keeps 1 more (the projection's input).
     """
-    params = macs = saved = 0
+
+    params: int
+    macs: int
+    stem_saved: int  # the input and the stem's 3 maps
+    block_saved: tuple[int, ...]  # each block's saved elements
+    block_inputs: tuple[int, ...]  # each block's input (all a checkpointed block keeps)
+    head_saved: int
+    largest: int  # the largest single feature map (input, stem, expanded maps)
+
+    @property
+    def saved(self) -> int:
+        return self.stem_saved + sum(self.block_saved) + self.head_saved
+
+
+def count_layers(spec: ModelSpec, resolution: int, num_classes: int, stem_stride: int,
+                 in_chans: int) -> LayerCounts:
     size = conv_out(resolution, 3, stem_stride)
-    params += 9 * in_chans * spec.stem_channels + 2 * spec.stem_channels
-    macs += size * size * 9 * in_chans * spec.stem_channels
-    saved += in_chans * resolution * resolution + 3 * spec.stem_channels * size * size
+    params = 9 * in_chans * spec.stem_channels + 2 * spec.stem_channels
+    macs = size * size * 9 * in_chans * spec.stem_channels
+    stem = in_chans * resolution * resolution + 3 * spec.stem_channels * size * size
+    largest = max(in_chans * resolution * resolution, spec.stem_channels * size * size)
+    block_saved, block_inputs = [], []
     for b in spec.blocks():
         mid = b.mid_channels
+        block_inputs.append(b.in_channels * size * size)
+        largest = max(largest, mid * size * size)
+        saved = 0
         if b.expand_ratio != 1:
             params += b.in_channels * mid + 2 * mid
             macs += size * size * b.in_channels * mid
             saved += 3 * mid * size * size
         size = conv_out(size, b.kernel, b.stride)
         area = size * size
-        params += b.kernel * b.kernel * mid + 2 * mid
+        params += b.kernel * b.kernel * mid + 2 * mid  # depthwise conv + BN
         macs += area * b.kernel * b.kernel * mid
-        se = b.se_channels
-        params += 2 * mid * se + se + mid
-        macs += 2 * mid * se
-        params += mid * b.out_channels + 2 * b.out_channels
+        params += 2 * mid * b.se_channels + b.se_channels + mid  # SE
+        macs += 2 * mid * b.se_channels
+        params += mid * b.out_channels + 2 * b.out_channels  # projection + BN
         macs += area * mid * b.out_channels
-        saved += (3 + 1) * mid * area + 2 * b.out_channels * area
+        block_saved.append(saved + (3 + 1) * mid * area + 2 * b.out_channels * area)
     last = spec.stages[-1].out_channels
     head = spec.head_channels
     params += last * head + 2 * head + head * num_classes + num_classes
     macs += size * size * last * head + head * num_classes
-    saved += 3 * head * size * size
-    return params, macs, saved
+    return LayerCounts(params, macs, stem, tuple(block_saved), tuple(block_inputs),
+                       3 * head * size * size, largest)
 
 
 def profile(name_or_model, resolution: int | None = None, batch_size: int = 1, *,
@@ -89,9 +110,9 @@ def profile(name_or_model, resolution: int | None = None, batch_size: int = 1, *
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if precision not in BYTES:
         raise ValueError(f"precision must be one of {sorted(BYTES)}, got {precision!r}")
-    params, macs, saved = _count(spec, resolution, num_classes, stem_stride, in_chans)
-    return Profile(spec.name, resolution, params, macs, 2 * macs,
-                   saved * BYTES[precision] * batch_size, batch_size, precision)
+    counts = count_layers(spec, resolution, num_classes, stem_stride, in_chans)
+    return Profile(spec.name, resolution, counts.params, counts.macs, 2 * counts.macs,
+                   counts.saved * BYTES[precision] * batch_size, batch_size, precision)
 
 
 def macs_of(name: str | Variant, *, stem_stride: int = 2, num_classes: int = 1000,
