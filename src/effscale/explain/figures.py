@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from ..io.files import atomic_write
 
@@ -25,10 +26,16 @@ CELL_INCHES = 1.9  # side of one image in the figure
 DPI = 100
 MAX_DISPLAY = 224  # common display side in comparisons (maps are upsampled to it)
 TITLE_CHARS = 30  # column titles wrap at this width
+SUPTITLE_CHARS = 100  # figure titles wrap at this width
+MAX_SHOWN = 32  # a grid shows at most this many images (the rates count all of them)
+MAX_ROWS = 12  # a comparison shows at most this many images
+BOX_COLOR = "white"  # the annotated box, when there is one
 
 
-def _draw(ax, image: np.ndarray, heat: np.ndarray | None, frame: str | None = None) -> None:
-    """image (H, W, C) in [0, 1], heat (H, W) in [0, 1] or None, on one axis."""
+def _draw(ax, image: np.ndarray, heat: np.ndarray | None, frame: str | None = None,
+          box=None) -> None:
+    """image (H, W, C) in [0, 1], heat (H, W) in [0, 1] or None, and the annotated box
+    (x0, y0, x1, y1 in pixels) or None, on one axis."""
     if image.shape[-1] == 1:
         ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
@@ -36,6 +43,11 @@ def _draw(ax, image: np.ndarray, heat: np.ndarray | None, frame: str | None = No
     if heat is not None:
         ax.imshow(heat, cmap=CAM_COLORMAP, vmin=0, vmax=1, alpha=CAM_ALPHA,
                   interpolation="bilinear")
+    if box is not None:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        # imshow puts pixel centres on integers: pixel x spans [x - 0.5, x + 0.5)
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                               edgecolor=BOX_COLOR, linewidth=1.2, linestyle="--"))
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -52,7 +64,13 @@ def _caption(result, i: int) -> tuple[str, str]:
             f"{100 * result.confidences[i]:.0f}%\ntrue {result.class_name(result.labels[i])}")
     if result.targets[i] != result.predictions[i]:  # --target true / CLASS: say what is shown
         text += f"; map of {result.class_name(result.targets[i])}"
+    if result.localisation is not None:
+        text += "\npeak in box" if result.localisation.peak_in_box[i] else "\npeak outside box"
     return text, CORRECT_COLOR if ok else WRONG_COLOR
+
+
+def _box(result, i: int):
+    return None if result.localisation is None else result.localisation.boxes[i]
 
 
 def _save(fig: Figure, out_path: str | Path) -> Path:
@@ -66,12 +84,14 @@ def _save(fig: Figure, out_path: str | Path) -> Path:
 
 def grid_figure(result, out_path: str | Path, *, cols: int | None = None,
                 title: str | None = None) -> Path:
-    """N images with their heat maps; predicted and true class and confidence under each,
-    correct in green, wrong in red (caption and frame)."""
-    n = len(result.maps)
+    """N images (at most MAX_SHOWN) with their heat maps; predicted and true class and confidence
+    under each, correct in green, wrong in red (caption and frame), the annotated box dashed
+    when there is one. The title says which layer and why."""
+    n = min(len(result.maps), MAX_SHOWN)
     cols = cols or min(n, 4)
     rows = -(-n // cols)
-    fig = Figure(figsize=(CELL_INCHES * cols, (CELL_INCHES + 0.55) * rows + 0.4),
+    caption = 0.55 if result.localisation is None else 0.7  # a third caption line
+    fig = Figure(figsize=(CELL_INCHES * cols, (CELL_INCHES + caption) * rows + 0.6),
                  layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -79,20 +99,35 @@ def grid_figure(result, out_path: str | Path, *, cols: int | None = None,
             ax.set_axis_off()
             continue
         text, color = _caption(result, i)
-        _draw(ax, result.images[i], result.maps[i], frame=color)
+        _draw(ax, result.images[i], result.maps[i], frame=color, box=_box(result, i))
         ax.set_xlabel(text, color=color, fontsize=8)
-    fig.suptitle(title or _result_title(result), fontsize=9)
+    fig.suptitle(title or result_title(result), fontsize=9)
     return _save(fig, out_path)
 
 
-def _result_title(result) -> str:
-    acc = int(result.correct.sum())
-    extra = ""
+def layer_caption(layer) -> str:
+    """Which layer and why, for a figure: "stage 3 (8x8 map), asked for"."""
+    return f"{layer}, {layer.reason}"
+
+
+def result_title(result) -> str:
+    """A grid figure's title: model, method, resolution, which layer and why, then accuracy,
+    localisation and deletion scores when there are some."""
+    n = len(result.labels)
+    lines = [f"{result.model_name}: {result.method} at {result.images.shape[1]} px on "
+             + layer_caption(result.layer)]
+    stats = f"{int(result.correct.sum())}/{n} correct"
+    if n > MAX_SHOWN:
+        stats += f" (first {MAX_SHOWN} of {n} shown)"
+    loc = result.localisation
+    if loc is not None:
+        stats += (f"; peak in box {100 * loc.rate:.0f}% (random peak {100 * loc.chance:.0f}%), "
+                  f"map energy in box {100 * loc.energy_rate:.0f}%")
     if result.deletion is not None:
-        extra = (f"; deletion AUC {result.deletion.cam_auc:.3f} "
-                 f"(random {result.deletion.random_auc:.3f})")
-    return (f"{result.model_name}: {result.method} on {result.layer} at "
-            f"{result.images.shape[1]} px\n{acc}/{len(result.labels)} correct{extra}")
+        stats += (f"; deletion AUC {result.deletion.cam_auc:.3f} "
+                  f"(random {result.deletion.random_auc:.3f})")
+    lines.append(stats)
+    return "\n".join(part for line in lines for part in textwrap.wrap(line, SUPTITLE_CHARS))
 
 
 def _resize(array: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -114,7 +149,8 @@ def comparison_figure(results: list, out_path: str | Path, *, titles: list[str],
     different resolutions line up."""
     if not results:
         raise ValueError("nothing to compare")
-    n = min(len(r.maps) for r in results)
+    total = min(len(r.maps) for r in results)
+    n = min(total, MAX_ROWS)
     first = results[0]
     for r in results[1:]:
         if not np.array_equal(r.labels[:n], first.labels[:n]):
@@ -131,16 +167,29 @@ def comparison_figure(results: list, out_path: str | Path, *, titles: list[str],
         maps = _resize(r.maps[:n], size, "bilinear")
         images = _resize(r.images[:n], size, "bilinear")
         header = [*textwrap.wrap(str(titles[c - 1]), TITLE_CHARS), r.model_name,
-                  f"{r.images.shape[1]} px, {r.layer}"]
+                  f"{r.images.shape[1]} px, {r.layer.label}", short_reason(r.layer)]
         axes[0, c].set_title("\n".join(header), fontsize=7)
+        scale = size / r.images.shape[1]  # boxes are in this model's input pixels
         for i in range(n):
             text, color = _caption(r, i)
-            _draw(axes[i, c], images[i], maps[i], frame=color)
+            box = _box(r, i)
+            _draw(axes[i, c], images[i], maps[i], frame=color,
+                  box=None if box is None else np.asarray(box) * scale)
             axes[i, c].set_xlabel(text.split("\n")[0], color=color, fontsize=8)
     axes[0, 0].set_title("image", fontsize=8)
     for i in range(n):
         _draw(axes[i, 0], shown[i], None)
         axes[i, 0].set_xlabel(f"true {first.class_name(first.labels[i])}", fontsize=8)
-    fig.suptitle(f"{first.method}: what each model looks at (green = correct, red = wrong)",
-                 fontsize=9)
+    note = f"; first {n} of {total} images" if total > n else ""
+    fig.suptitle(f"{first.method}: what each model looks at (green = correct, red = wrong)"
+                 f"{note}", fontsize=9)
     return _save(fig, out_path)
+
+
+def short_reason(layer) -> str:
+    """A column-width reason: "auto: 2 best of 5 by peak test" / "asked for"."""
+    if not layer.auto:
+        return layer.reason
+    if len(layer.scores) <= 1:
+        return "auto: the only candidate"
+    return f"auto: {len(layer.layers)} best of {len(layer.scores)} by peak test"
