@@ -50,3 +50,11 @@ def test_clear_differences_survive_the_correction_and_flip_with_the_numbers():
     down = stats.compare_all(_family(flipped), ["2"])
     assert {c.verdict for c in down} == {"worse"}
     assert "contradicts the paper's claim" in stats.conclusion(down)
+
+
+def test_wall_time_not_recorded_is_said_not_zero():
+    """A study whose training sitting was cut off has no wall time: the report says so instead
+    of failing or printing 0 s."""
+    from effscale.report.stats import format_wall
+    assert format_wall(6580.4) == "6580 s"
+    assert format_wall(None).startswith("not recorded")

@@ -34,8 +34,11 @@ def _save(fig, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     # atomic like every other artifact: an interrupted report leaves no half-written image
     atomic_write(paths[0], lambda tmp: fig.savefig(tmp, format="png"))
-    atomic_write(paths[1], lambda tmp: fig.savefig(tmp, format="svg",
-                                                   metadata={"Date": None}))  # reproducible
+    import matplotlib
+    # reproducible: no date, and element ids hashed from a fixed salt instead of a random one
+    with matplotlib.rc_context({"svg.hashsalt": "effscale"}):
+        atomic_write(paths[1], lambda tmp: fig.savefig(tmp, format="svg",
+                                                       metadata={"Date": None}))
     return paths
 
 

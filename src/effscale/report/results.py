@@ -368,7 +368,7 @@ def _setup_rows(plan: dict, rows: list[dict]) -> list[dict]:
         {"setting": "FLOPs matching", "value": f"every model within "
          f"{cfg['max_mismatch']:.0%} of its level's MACs (worst "
          f"{max(abs(r['ratio'] - 1) for r in rows):.1%})" if rows else ""},
-        {"setting": "wall time", "value": f"{plan.get('wall_time_s', 0):.0f} s"},
+        {"setting": "wall time", "value": stats.format_wall(plan.get("wall_time_s"))},
     ]
 
 

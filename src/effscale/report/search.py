@@ -10,7 +10,7 @@ from ..io.records import load_record, read_run, search_run_key
 from ..io.table import render
 from ..model.names import ALPHA, BETA, GAMMA
 from .render import Bullets, Figure, Heading, Note, Para, Pre, Table
-from .stats import format_pm
+from .stats import format_pm, format_wall
 
 PAPER = (ALPHA, BETA, GAMMA)
 
@@ -184,5 +184,5 @@ def search_sections(search_dir, results: dict | None = None) -> tuple[str, list]
           Heading("Environment"),
           Table([{"key": k, "value": v} for k, v in record.get("environment", {}).items()]
            + [{"key": "seeds", "value": ", ".join(map(str, record["seeds"]))},
-              {"key": "wall time", "value": f"{record.get('wall_time_s', 0):.0f} s"}])]
+              {"key": "wall time", "value": format_wall(record.get("wall_time_s"))}])]
     return title, s

@@ -84,6 +84,14 @@ def _signed(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.2f}"
 
 
+def format_wall(seconds: float | None) -> str:
+    """A study's or search's wall time; None when the sitting that trained its runs was cut
+    off before it could record one."""
+    if seconds is None:
+        return "not recorded (the sitting that trained the runs was cut off)"
+    return f"{seconds:.0f} s"
+
+
 def format_p(p: float | None) -> str:
     if p is None:
         return "n/a"
