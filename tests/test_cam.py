@@ -251,6 +251,21 @@ def test_layer_maps_follow_the_order_asked_for(boxes_run):
     assert np.allclose(forward[:, 0], result.maps)
 
 
+def test_maps_are_upsampled_over_the_pixels_their_features_are_centred_on():
+    """Feature i of a stride-s map sits over input pixel s*i (odd kernels, (k-1)//2 padding):
+    pixel s*i takes feature i's value exactly, pixels between take the linear mix, and beyond
+    the last feature its value holds. pytorch-grad-cam's resize would shift all of it by
+    (s-1)/2 pixels."""
+    from effscale.explain.cam import layer_strides, upsample_aligned
+    assert layer_strides(create_model("b0")) == [2, 4, 8, 16, 16, 32, 32, 32]
+    assert layer_strides(create_model("b0", stem_stride=1))[:2] == [1, 2]
+    cams = np.array([[[0.0, 4.0], [8.0, 12.0]]], np.float32)  # 2x2, stride 4 -> 8x8
+    out = upsample_aligned(cams, 4, 8, 8)[0]
+    assert out[0, 0] == 0 and out[0, 4] == 4 and out[4, 0] == 8 and out[4, 4] == 12
+    assert out[0, 2] == pytest.approx(2) and out[2, 2] == pytest.approx(6)
+    assert out[0, 7] == pytest.approx(4) and out[7, 7] == pytest.approx(12)  # the edge holds
+
+
 def test_explicit_layers():
     model = create_model("b0@res=64", num_classes=10)
     with pytest.warns(UserWarning, match="cannot localise"):
