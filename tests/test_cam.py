@@ -511,8 +511,9 @@ def test_compare_figure_models_of_different_resolutions(digits_runs, tmp_path):
 
 def test_cli_compare(digits_runs, run_cli, tmp_path):
     out = tmp_path / "cmp.png"
+    # a pinned layer: auto's measurement (tested above) would run EigenCAM on 128 images
     code, stdout, err = run_cli("cam", digits_runs[0], "--compare", digits_runs[1], "--images",
-                                2, "--method", "eigencam", "--out", out)
+                                2, "--method", "eigencam", "--layer", 3, "--out", out)
     assert code == 0, err
     assert out.exists() and "32.safetensors" in stdout and "48.safetensors" in stdout
 
