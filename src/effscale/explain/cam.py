@@ -3,11 +3,12 @@ and whether the map finds the object.
 
 The CAM methods themselves come from pytorch-grad-cam (`methods.py`). effscale's part is what
 users of every EfficientNet implementation get wrong: the target layer, chosen by measurement
-(`choose_layer` / `select_layer`: the candidate stage whose map passes a perturbation test best
-on the images being explained, not the deepest map of some size), the evaluation images at the
-model's own resolution and normalisation and balanced over the classes, EMA weights, batching,
-faithfulness scores (`deletion_curves`, `insertion_curves`), localisation against annotated
-boxes mapped through the eval transform (`map_box`, `localise`) and the figures (`figures.py`).
+(`choose_layer` / `select_layer`: the mean of the two candidate stages whose maps pass a
+perturbation test best on the images being explained, not the deepest map of some size), the
+evaluation images at the model's own resolution and normalisation and balanced over the
+classes, EMA weights, batching, faithfulness scores (`deletion_curves`, `insertion_curves`),
+localisation against annotated boxes mapped through the eval transform (`map_box`,
+`localise`) and the figures (`figures.py`).
 """
 
 from __future__ import annotations
@@ -144,10 +145,10 @@ def choose_layer(model, layer: str | int = "auto", resolution: int | None = None
 
     `layer` may be a stage number 1..7 or "head" (warned about when its map is below
     MIN_MAP_SIZE), or "auto": measure every candidate layer (`candidate_layers`) on `inputs`
-    (normalised, as the model sees them) explaining `classes`, and keep the one whose map
-    passes the peak test best (`select_layer`). Map size is no guide: in small or briefly
-    trained networks the deepest maps >= 4x4 often point at the background (BENCHMARKS.md,
-    "Which layer finds the object").
+    (normalised, as the model sees them) explaining `classes`, and average the maps of the
+    AUTO_FUSE that pass the peak test best (`select_layer`). Map size is no guide: in small or
+    briefly trained networks the deepest maps >= 4x4 often point at the background
+    (BENCHMARKS.md, "Which layer finds the object").
     """
     sizes = layer_sizes(model, resolution)
     if isinstance(layer, str) and layer.strip().lower() == "auto":
