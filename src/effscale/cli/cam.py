@@ -7,15 +7,15 @@ from __future__ import annotations
 import sys
 import warnings
 
-from ..explain.methods import METHODS, method_class
+from ..explain.methods import METHODS
 from ..io.table import render
 
 
 
-def _images(text: str):
-    """--images: a count >= 1, or `all`."""
+def _images(text: str) -> int | None:
+    """--images: a count >= 1, or `all` (None)."""
     if text.strip().lower() == "all":
-        return "all"
+        return None
     try:
         value = int(text)
     except ValueError:
@@ -76,8 +76,6 @@ def add_parser(sub):
 def run(args) -> int:
     from ..explain.cam import load_boxes
 
-    method_class(args.method)  # a bad name fails before anything is read
-    images = _images(args.images) if args.images is not None else None
     if args.batch_size < 1 or args.steps < 1:
         raise ValueError("--batch-size and --steps must be >= 1")
     runs = [args.checkpoint] + list(args.compare)
@@ -85,9 +83,11 @@ def run(args) -> int:
         raise ValueError(f"{len(args.labels)} --labels for {len(runs)} runs")
     # a bad boxes file fails before any checkpoint or image is read
     boxes = load_boxes(args.boxes) if args.boxes else None
-    if images is None:
-        images = "all" if boxes else 8
-    results = _compute(args, runs, None if images == "all" else images, boxes)
+    if args.images is None:  # default: 8, or every boxed image
+        images = None if boxes else 8
+    else:
+        images = _images(args.images)
+    results = _compute(args, runs, images, boxes)
     _print(args, runs, results, boxes)
     print(f"wrote {args.out}")
     return 0
@@ -95,7 +95,7 @@ def run(args) -> int:
 
 def _compute(args, runs, images, boxes) -> list:
     """The CamResults of every run (and the figure), its warnings printed once each."""
-    from ..explain.cam import cam, compare_figure, load_data_for
+    from ..explain.cam import cam, compare_figure
 
     options = dict(images=images, method=args.method, layer=args.layer, target=args.target,
                    data_dir=args.data_dir, split=args.split, score=args.score, steps=args.steps,
@@ -103,12 +103,12 @@ def _compute(args, runs, images, boxes) -> list:
                    boxes=boxes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # load the dataset once for all models (default: the first checkpoint's dataset)
-        data = load_data_for(args.checkpoint, args.data, args.data_dir)
+        # both check the method and read the checkpoint before any data; compare_figure loads
+        # the dataset once for every model (default: the first checkpoint's dataset)
         if args.compare:
-            results = compare_figure(runs, data, args.out, labels=args.labels, **options)
+            results = compare_figure(runs, args.data, args.out, labels=args.labels, **options)
         else:
-            results = [cam(args.checkpoint, data, out=args.out, **options)]
+            results = [cam(args.checkpoint, args.data, out=args.out, **options)]
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"effscale: warning: {message}", file=sys.stderr)
     return results

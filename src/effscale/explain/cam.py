@@ -67,6 +67,7 @@ class LayerChoice:
     # auto only: (layer name, score) of every candidate, best first
     scores: tuple[tuple[str, float], ...] = ()
     fused: tuple[tuple[int, str, int], ...] = ()  # (index, name, size) of the other layers
+    auto: bool = False  # chosen by select_layer, not asked for
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -81,10 +82,6 @@ class LayerChoice:
     def __str__(self) -> str:
         parts = [(self.name, self.size)] + [(name, size) for _, name, size in self.fused]
         return " + ".join(f"{name} ({size}x{size} map)" for name, size in parts)
-
-    @property
-    def auto(self) -> bool:
-        return self.reason.startswith("auto")
 
 
 def layer_sizes(model, resolution: int | None = None) -> list[int]:
@@ -107,12 +104,12 @@ def _module_path(index: int, count: int) -> str:
 
 
 def _choice(model, index: int, reason: str, resolution: int | None = None,
-            scores=(), fused=()) -> LayerChoice:
+            scores=(), fused=(), auto: bool = False) -> LayerChoice:
     sizes = layer_sizes(model, resolution)
     count = len(sizes)
     return LayerChoice(index, _layer_name(index, count), _module_path(index, count),
                        sizes[index], reason, tuple(scores),
-                       tuple((i, _layer_name(i, count), sizes[i]) for i in fused))
+                       tuple((i, _layer_name(i, count), sizes[i]) for i in fused), auto)
 
 
 def small_map_advice(model, resolution: int | None = None) -> str:
@@ -205,7 +202,8 @@ def select_layer(model, inputs: torch.Tensor, classes, *, candidates, method: st
         raise ValueError("no candidate layers")
     count = len(layer_sizes(model))
     if len(candidates) == 1:
-        return _choice(model, candidates[0], "auto: the only map large enough to localise")
+        return _choice(model, candidates[0], "auto: the only map large enough to localise",
+                       auto=True)
     classes = np.asarray(classes)
     proxy = "gradcam" if method == "scorecam" else method
     maps, _ = layer_maps(model, inputs, classes, method=proxy, layers=candidates,
@@ -221,7 +219,7 @@ def select_layer(model, inputs: torch.Tensor, classes, *, candidates, method: st
     reason = (f"auto: mean of the {len(best)} best of {len(candidates)} candidate layers by "
               f"the peak test on {len(inputs)} images (class probability from a window around "
               f"the map's peak: {shown}{rest}){via}")
-    return _choice(model, best[0], reason, scores=ranked, fused=best[1:])
+    return _choice(model, best[0], reason, scores=ranked, fused=best[1:], auto=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -856,8 +854,9 @@ def compute_maps(model, inputs: torch.Tensor, targets, *, method: str = "gradcam
 
 @dataclass
 class _Images:
-    """The images a cam() call explains (the first n) and measures layers on (the first
-    `loaded`), as indices into the split, with their boxes when there are some."""
+    """The images a cam() call may use, as indices into the split in class-balanced order, with
+    their boxes when there are some: it explains the first n, and auto measures the layers on
+    the first max(n, AUTO_IMAGES)."""
 
     order: np.ndarray  # split indices, class-balanced
     n: int

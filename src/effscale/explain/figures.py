@@ -105,17 +105,12 @@ def grid_figure(result, out_path: str | Path, *, cols: int | None = None,
     return _save(fig, out_path)
 
 
-def layer_caption(layer) -> str:
-    """Which layer and why, for a figure: "stage 3 (8x8 map), asked for"."""
-    return f"{layer}, {layer.reason}"
-
-
 def result_title(result) -> str:
     """A grid figure's title: model, method, resolution, which layer and why, then accuracy,
     localisation and deletion scores when there are some."""
     n = len(result.labels)
     lines = [f"{result.model_name}: {result.method} at {result.images.shape[1]} px on "
-             + layer_caption(result.layer)]
+             + f"{result.layer}, {result.layer.reason}"]
     stats = f"{int(result.correct.sum())}/{n} correct"
     if n > MAX_SHOWN:
         stats += f" (first {MAX_SHOWN} of {n} shown)"
