@@ -9,8 +9,8 @@ import pytest
 from effscale.report import stats
 from effscale.experiments.local import run_jobs
 from effscale.experiments.runs import Job, run_status
-from effscale.experiments.study import (compound_base, mismatches, plan_models, plan_runs,
-                                        resolve_config)
+from effscale.experiments.plan import (compound_base, mismatches, plan_models, plan_runs,
+                                       resolve_config)
 from effscale.model.names import parse_name
 
 
@@ -106,7 +106,8 @@ def test_seed_preset_matches_flops_near_b2(run_cli, tmp_path):
     assert "35 epochs" in out and "b0@phi=" in out and "b0@d=" in out
     ratios = [float(x.split("x target")[0].split("(")[-1]) for x in out.splitlines()
               if "x target" in x]
-    assert len(ratios) == 5 and all(abs(r - 1) <= 0.02 for r in ratios)
+    assert len(ratios) == 6 and all(abs(r - 1) <= 0.02 for r in ratios)  # with fast
+    assert "fast L" in out
 
 
 # -- the runner: skip finished, resume partial, train new -----------------------------------

@@ -4,7 +4,10 @@ Grammar: BASE[@KEY=VALUE,...] with BASE one of b0..b8, l2, and keys
   d, w, r     multiply the base's depth, width and resolution coefficients,
   res         sets the input resolution in pixels (exclusive with r),
   phi         compound scaling: depth x alpha^phi, width x beta^phi, resolution x gamma^phi,
-  alpha, beta, gamma   override the paper's compound coefficients (only with phi).
+  alpha, beta, gamma   override the paper's compound coefficients (only with phi),
+  fast        fast compound scaling by a FLOPs factor s (Dollar, Singh & Girshick 2021):
+              depth x s^((1-a)/2), width x s^(a/2), resolution x s^((1-a)/4),
+  fast_alpha  its a, in [1/3, 1] (default 0.8, the paper's dWr; 1/3 is uniform, 1 width only).
 All keys compose multiplicatively, so `b0@phi=-4,d=2` is a valid depth-scaled variant of a
 compound-shrunk base. Every problem raises ValueError naming it.
 """
@@ -17,8 +20,21 @@ from dataclasses import dataclass, fields, replace
 from .spec import FAMILY, ModelSpec, build_spec, output_stride
 
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
-FLOAT_KEYS = ("d", "w", "r", "phi", "alpha", "beta", "gamma")
-KEYS = ("d", "w", "r", "res", "phi", "alpha", "beta", "gamma")
+FAST_ALPHA = 0.8  # Dollar et al.'s recommended fast compound scaling (dWr)
+KEYS = ("d", "w", "r", "res", "phi", "alpha", "beta", "gamma", "fast", "fast_alpha")
+
+
+def fast_factors(s: float, a: float = FAST_ALPHA) -> tuple[float, float, float]:
+    """Depth, width and resolution multipliers of fast compound scaling by FLOPs factor s
+    (Dollar, Singh & Girshick, CVPR 2021, Eq. 5): d * w^2 * r^2 == s for every a."""
+    return s ** ((1 - a) / 2), s ** (a / 2), s ** ((1 - a) / 4)
+
+
+def check_fast_alpha(a: float, where: str = "") -> None:
+    """fast_alpha spans uniform compound (1/3) to width only (1); names print 6 digits."""
+    if not 1 / 3 - 1e-6 <= a <= 1:
+        raise ValueError(f"fast_alpha must be in [1/3, 1] (1/3: uniform compound, 1: width "
+                         f"only), got {a:g}{where}")
 
 
 @dataclass(frozen=True)
@@ -32,20 +48,25 @@ class Variant:
     alpha: float = ALPHA
     beta: float = BETA
     gamma: float = GAMMA
+    fast: float = 1.0
+    fast_alpha: float = FAST_ALPHA
 
     @property
     def depth(self) -> float:
-        return FAMILY[self.base].depth * self.d * self.alpha ** self.phi
+        fd = fast_factors(self.fast, self.fast_alpha)[0]
+        return FAMILY[self.base].depth * self.d * self.alpha ** self.phi * fd
 
     @property
     def width(self) -> float:
-        return FAMILY[self.base].width * self.w * self.beta ** self.phi
+        fw = fast_factors(self.fast, self.fast_alpha)[1]
+        return FAMILY[self.base].width * self.w * self.beta ** self.phi * fw
 
     @property
     def resolution(self) -> int:
-        if self.res is not None:
+        if self.res is not None:  # parse_name refuses res with fast: res is final pixels
             return self.res
-        return int(round(FAMILY[self.base].resolution * self.r * self.gamma ** self.phi))
+        fr = fast_factors(self.fast, self.fast_alpha)[2]
+        return int(round(FAMILY[self.base].resolution * self.r * self.gamma ** self.phi * fr))
 
     def with_(self, **changes) -> "Variant":
         return replace(self, **changes)
@@ -58,6 +79,8 @@ class Variant:
             if value == getattr(defaults, f.name):
                 continue
             if f.name in ("alpha", "beta", "gamma") and self.phi == 0:
+                continue
+            if f.name == "fast_alpha" and self.fast == 1:
                 continue
             parts.append(f"{f.name}={_fmt(value)}")
         return self.base + ("@" + ",".join(parts) if parts else "")
@@ -107,13 +130,20 @@ def parse_name(name: str) -> Variant:
         values[key] = value
     if options and not values:
         raise ValueError(f"{name!r} has '@' but no KEY=VALUE after it")
-    for key in ("d", "w", "r", "res", "alpha", "beta", "gamma"):
+    for key in ("d", "w", "r", "res", "alpha", "beta", "gamma", "fast"):
         if key in values and values[key] <= 0:
             raise ValueError(f"{key} must be > 0, got {values[key]} in {name!r}")
     if "r" in values and "res" in values:
         raise ValueError(f"give r (a multiplier) or res (pixels), not both, in {name!r}")
     if "phi" not in values and any(k in values for k in ("alpha", "beta", "gamma")):
         raise ValueError(f"alpha, beta and gamma only apply with phi, in {name!r}")
+    if "fast_alpha" in values:
+        if "fast" not in values:
+            raise ValueError(f"fast_alpha only applies with fast, in {name!r}")
+        check_fast_alpha(values["fast_alpha"], f" in {name!r}")
+    if "fast" in values and "res" in values:
+        raise ValueError(f"fast scales the resolution: give r (a multiplier) instead of res "
+                         f"(pixels), in {name!r}")
     return Variant(base, **values)
 
 

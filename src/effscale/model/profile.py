@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import asdict, dataclass
 
-from .names import Variant, check_resolution, model_spec, parse_name
+from .names import Variant, check_fast_alpha, check_resolution, model_spec, parse_name
 from .spec import FAMILY, ModelSpec, conv_out, output_stride
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -122,7 +122,8 @@ def macs_of(name: str | Variant, *, stem_stride: int = 2, num_classes: int = 100
 
 # -- matching FLOPs between strategies -------------------------------------------------------
 
-DIMENSIONS = ("depth", "width", "resolution", "compound")
+DIMENSIONS = ("depth", "width", "resolution", "compound", "fast")
+# fast: fast compound scaling (Dollar, Singh & Girshick 2021), model.names.fast_factors
 # what a study compares: the unscaled base, then each way of scaling it (in report order)
 STRATEGIES = ("baseline",) + DIMENSIONS
 STEP = 0.01  # grid of d, w and phi: the names stay short and every value is reachable
@@ -141,40 +142,60 @@ class Match:
         return abs(self.ratio - 1.0)
 
 
+def _free_resolution(base: Variant) -> Variant:
+    """The base with its fixed res re-expressed as the multiplier r, so that a strategy that
+    scales the resolution (compound's gamma, fast's s) can move it."""
+    if base.res is None:
+        return base
+    return base.with_(res=None, r=base.res / (FAMILY[base.base].resolution
+                                               * base.gamma ** base.phi))
+
+
 def _variant(base: Variant, dimension: str, value: float | int) -> Variant:
     if dimension == "depth":
         return base.with_(d=round(base.d * value, 4))
     if dimension == "width":
         return base.with_(w=round(base.w * value, 4))
     if dimension == "compound":
-        if base.res is not None:  # a fixed res would stop gamma from scaling the resolution
-            base = base.with_(res=None, r=base.res / (FAMILY[base.base].resolution
-                                                      * base.gamma ** base.phi))
-        return base.with_(phi=round(base.phi + value, 4))
+        return _free_resolution(base).with_(phi=round(base.phi + value, 4))
+    if dimension == "fast":
+        return _free_resolution(base).with_(fast=round(base.fast * value, 4))
     return base.with_(res=int(value), r=1.0)
 
 
+def _grid(dimension: str, stem_stride: int):
+    """The values match_flops searches along a dimension, in increasing MACs."""
+    if dimension == "resolution":
+        return range(output_stride(stem_stride), 8193)
+    if dimension == "compound":
+        return [round(-12 + STEP * i, 4) for i in range(int(24 / STEP) + 1)]
+    if dimension == "fast":  # s is a FLOPs factor: up to 64x the base's MACs
+        return [round(STEP * i, 4) for i in range(1, int(64 / STEP) + 1)]
+    return [round(STEP * i, 4) for i in range(1, int(12 / STEP) + 1)]
+
+
 def match_flops(base: str | Variant, dimension: str, target_macs: float, *,
-                stem_stride: int = 2, num_classes: int = 1000, in_chans: int = 3) -> Match:
+                stem_stride: int = 2, num_classes: int = 1000, in_chans: int = 3,
+                fast_alpha: float | None = None) -> Match:
     """The variant of `base` scaled along one dimension whose MACs are closest to the target.
 
-    depth, width and compound search a 0.01 grid of the multiplier (or of phi, added to the
-    base's), resolution searches whole pixels. MACs never decrease along any of them (up to
+    depth, width, compound and fast search a 0.01 grid of the multiplier (of phi, added to
+    the base's; of fast's FLOPs factor s, with `fast_alpha`, default 0.8), resolution
+    searches whole pixels. MACs never decrease along any of them (up to
     the channel rounding), so a bisection finds the crossing and its neighbours are compared.
     Depth moves in whole blocks, so it can land further than 2% away: `ratio` says how far.
     """
     variant = base if isinstance(base, Variant) else parse_name(base)
+    if fast_alpha is not None:
+        if dimension != "fast":
+            raise ValueError("fast_alpha only applies to the fast dimension")
+        check_fast_alpha(fast_alpha)
+        variant = variant.with_(fast_alpha=fast_alpha)
     if dimension not in DIMENSIONS:
         raise ValueError(f"dimension must be one of {', '.join(DIMENSIONS)}, got {dimension!r}")
     if not target_macs > 0:
         raise ValueError(f"target_macs must be > 0, got {target_macs}")
-    if dimension == "resolution":
-        grid = range(output_stride(stem_stride), 8193)
-    elif dimension == "compound":
-        grid = [round(-12 + STEP * i, 4) for i in range(int(24 / STEP) + 1)]
-    else:
-        grid = [round(STEP * i, 4) for i in range(1, int(12 / STEP) + 1)]
-
+    grid = _grid(dimension, stem_stride)
     cache: dict[int, int | None] = {}
 
     def macs_at(i: int) -> int | None:

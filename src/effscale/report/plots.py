@@ -17,6 +17,7 @@ STYLE = {
     "width": ("#E69F00", "^"),
     "resolution": ("#009E73", "D"),
     "compound": ("#D55E00", "*"),
+    "fast": ("#CC79A7", "P"),
 }
 
 
@@ -145,3 +146,24 @@ def _box(x, y, colour, style="-"):
     from matplotlib.patches import Rectangle
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor=colour, linewidth=2,
                      linestyle=style)
+
+
+def accuracy_vs_epochs(series: dict, stem: Path, *, title: str) -> list[Path]:
+    """series: {strategy: [(epochs, mean top-1, std or None), ...]}: how each strategy's
+    accuracy moves with the training budget (Bello et al. 2021), one line per strategy."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    budgets = sorted({p[0] for points in series.values() for p in points})
+    for strategy, points in series.items():
+        colour, marker = STYLE.get(strategy, ("#555555", "."))
+        ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                    yerr=[p[2] or 0.0 for p in points], color=colour, marker=marker, capsize=3,
+                    markersize=9 if strategy == "compound" else 6, label=strategy)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.set_xlabel("training budget (epochs, log scale)")
+    ax.set_ylabel("top-1 accuracy (%), mean ± std over seeds")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, stem)

@@ -1,5 +1,5 @@
-"""Paired comparisons of compound scaling against each single dimension, and the conclusion
-sentence computed from them. Pure functions of numbers: no files, no torch.
+"""Paired comparisons of compound scaling against each single dimension (and against fast
+compound scaling, Dollar et al. 2021), and the conclusion sentence computed from them. Pure functions of numbers: no files, no torch.
 
 Pairing is by seed: run s of the compound model and run s of the depth-only model share the
 data order and initial RNG stream, so their difference cancels much of the seed-to-seed
@@ -35,7 +35,7 @@ def mean_std(values) -> tuple[float | None, float | None, int]:
 @dataclass(frozen=True)
 class Comparison:
     level: str
-    other: str                 # the single dimension compared against compound
+    other: str                 # the single dimension (or "fast") compared against compound
     n: int                     # number of seeds present in both
     compound_mean: float | None
     other_mean: float | None
@@ -53,10 +53,11 @@ class Comparison:
         if self.verdict == "untested":
             if self.n == 0:
                 return f"{self.other}: no paired runs to compare"
-            return (f"compound {_signed(self.diff)} points vs {self.other}-only from one seed: "
-                    f"cannot be tested (n=1, no error bars)")
+            return (f"compound {_signed(self.diff)} points vs {against(self.other)} from one "
+                    f"seed: cannot be tested (n=1, no error bars)")
         ci = f"95% CI [{self.ci_low:+.2f}, {self.ci_high:+.2f}]"
-        effect = f"compound {_signed(self.diff)} points vs {self.other}-only ({ci}, n={self.n})"
+        effect = (f"compound {_signed(self.diff)} points vs {against(self.other)} ({ci}, "
+                  f"n={self.n})")
         if self.verdict == "no significant difference":
             return (f"{effect}; {self._p_text()}: not significant, the seeds do not separate "
                     f"them" + (" once the family of comparisons is accounted for"
@@ -68,6 +69,11 @@ class Comparison:
             return f"p={format_p(self.p)}"
         return (f"p={format_p(self.p)}, Holm-adjusted over {self.family} comparisons "
                 f"{format_p(self.p_adj)}")
+
+
+def against(other: str) -> str:
+    """How a comparison names what compound scaling is compared with."""
+    return "fast compound (dWr)" if other == "fast" else f"{other}-only"
 
 
 def format_pm(mean: float | None, std: float | None, n: int, unit: str = "") -> str:
@@ -150,10 +156,11 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted
 
 
-def compare_all(top1: dict, levels: list[str], singles=("depth", "width", "resolution"),
+def compare_all(top1: dict, levels: list[str],
+                singles=("depth", "width", "resolution", "fast"),
                 alpha: float = ALPHA) -> list[Comparison]:
-    """top1 maps (strategy, level) -> {seed: top-1}; one Comparison per level and dimension
-    where both compound and that dimension were run, judged as one Holm-adjusted family."""
+    """top1 maps (strategy, level) -> {seed: top-1}; one Comparison per level and other
+    strategy where both compound and it were run, judged as one Holm-adjusted family."""
     out = []
     for level in levels:
         if ("compound", level) not in top1:
@@ -184,17 +191,25 @@ def conclusion(comparisons: list[Comparison]) -> str:
     better = [c for c in tested if c.verdict == "better"]
     worse = [c for c in tested if c.verdict == "worse"]
     same = [c for c in tested if c.verdict == "no significant difference"]
-    mean_gain = sum(c.diff for c in tested) / len(tested)
+    singles = [c for c in tested if c.other != "fast"]
+    fast = [c for c in tested if c.other == "fast"]
     n_seeds = sorted({c.n for c in tested})
     seeds = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}-{n_seeds[-1]}"
+    gains = []
+    if singles:
+        gains.append(f"to single-dimension scaling is "
+                     f"{sum(c.diff for c in singles) / len(singles):+.2f} top-1 points")
+    if fast:
+        gains.append(f"to fast compound scaling (dWr) "
+                     f"{sum(c.diff for c in fast) / len(fast):+.2f}")
     head = (f"Over {len(tested)} paired comparisons at matched FLOPs ({seeds} seeds each), "
-            f"compound scaling's mean difference to single-dimension scaling is "
-            f"{mean_gain:+.2f} top-1 points. ")
+            f"compound scaling's mean difference {' and '.join(gains)}. ")
+    others = "other" if fast else "single-dimension"
     if len(better) == len(tested):
-        verdict = ("Compound scaling was significantly better than every single-dimension "
+        verdict = (f"Compound scaling was significantly better than every {others} "
                    "strategy at every level: this supports the paper's claim (Table 7).")
     elif len(worse) == len(tested):
-        verdict = ("Compound scaling was significantly worse than every single-dimension "
+        verdict = (f"Compound scaling was significantly worse than every {others} "
                    "strategy at every level: this contradicts the paper's claim (Table 7).")
     elif not better and not worse:
         verdict = (f"No difference is significant at p<{ALPHA:g}{_corrected(tested)}: on this dataset and budget the "
