@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..data.sources import BUILTIN, DATASETS
 from ..model.names import parse_name
-from .local import auto_jobs, run_jobs
+from .local import check_runs_per_gpu, run_jobs
 from .runs import Job
 
 
@@ -19,8 +19,10 @@ def check_experiment(config) -> None:
     parse_name(config.base)  # raises ValueError naming the problem
     if int(config.seeds) != config.seeds or config.seeds < 1:
         raise ValueError(f"seeds must be a whole number >= 1, got {config.seeds}")
-    if int(config.epochs) != config.epochs or config.epochs < 1:
-        raise ValueError(f"epochs must be a whole number >= 1, got {config.epochs}")
+    budgets = config.epochs if isinstance(config.epochs, tuple) else (config.epochs,)
+    for epochs in budgets:  # a study may train at several budgets
+        if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+            raise ValueError(f"epochs must be a whole number >= 1, got {epochs}")
     if config.jobs is not None and config.jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {config.jobs}")
     if config.stem_stride not in (1, 2):
@@ -43,6 +45,12 @@ def check_executor(config) -> None:
         raise ValueError(f"cpus_per_run must be > 0, got {config.cpus_per_run}")
     if config.gpus_per_run is not None and config.gpus_per_run < 0:
         raise ValueError(f"gpus_per_run must be >= 0, got {config.gpus_per_run}")
+    runs_per_gpu = getattr(config, "runs_per_gpu", None)
+    check_runs_per_gpu(runs_per_gpu)  # None or a whole number >= 1
+    if runs_per_gpu is not None and config.executor == "ray":
+        raise ValueError("--runs-per-gpu needs --executor local; with Ray, a fractional "
+                         "--gpus-per-run is the same thing (--gpus-per-run 0.25 puts 4 runs "
+                         "on a GPU)")
 
 
 def execute(jobs: list[Job], config, *, log_dir: Path, echo=print) -> dict:
@@ -55,5 +63,7 @@ def execute(jobs: list[Job], config, *, log_dir: Path, echo=print) -> dict:
             gpus = 1 if str(config.device or "").startswith("cuda") else 0
         return run_jobs_ray(jobs, address=config.address, cpus_per_run=config.cpus_per_run or 1,
                             gpus_per_run=gpus, echo=echo)
-    return run_jobs(jobs, parallel=config.jobs or auto_jobs(config.device),
-                    device=config.device, log_dir=log_dir, echo=echo)
+    # jobs None is auto: one worker per CPU core, or K per GPU with K from the memory plan
+    # unless runs_per_gpu says (see run_jobs)
+    return run_jobs(jobs, parallel=config.jobs, device=config.device, log_dir=log_dir,
+                    echo=echo, runs_per_gpu=getattr(config, "runs_per_gpu", None))

@@ -1,5 +1,7 @@
-"""The local executor: runs in this process, or one worker process per GPU / CPU core
-(`python -m effscale.experiments.local CONFIG_JSON`)."""
+"""The local executor: runs in this process, or worker processes
+(`python -m effscale.experiments.local CONFIG_JSON`): one per CPU core, or K per GPU (study
+models are tiny: one run leaves a large GPU idle; `default_runs_per_gpu` picks K from the
+memory planner)."""
 
 from __future__ import annotations
 
@@ -33,34 +35,50 @@ def _gpu_count(device: str | None) -> int:
         return 0
 
 
-def auto_jobs(device: str | None = None) -> int:
-    """One worker per GPU, else one per CPU core: tiny models scale far better over processes
-    than over threads, and one thread per process is immune to the OpenMP spin-wait collapse
-    (measured 10x slower) that 2 threads per process suffer on a busy 2-core machine."""
-    return _gpu_count(device) or _cpu_count()
+def _gpu_memory() -> int | None:
+    """Total memory of the first visible GPU (all GPUs of a node are taken to be alike)."""
+    try:
+        import torch
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    except Exception:  # noqa: BLE001 - no CUDA after all: the caller falls back to 1 per GPU
+        return None
 
 
-def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
-             log_dir: Path | None = None, echo=print) -> dict:
+def run_jobs(jobs: list[Job], *, parallel: int | None = 1, device: str | None = None,
+             log_dir: Path | None = None, echo=print, runs_per_gpu: int | None = None) -> dict:
     """Train every job's run directory: skip finished, resume partial, train new.
 
-    parallel == 1 trains in this process. Otherwise each run is a worker process
-    (`python -m effscale.experiments.local CONFIG_JSON`): one per visible GPU
-    (CUDA_VISIBLE_DEVICES pins it), or `parallel` on CPU with the cores split between them so N jobs do not
-    oversubscribe the machine. Returns {key: "finished" | "skipped" | "failed: ..."}.
+    How many runs at once, each in a worker process (`python -m effscale.experiments.local
+    CONFIG_JSON`; one worker in all means this process):
+    - on CPU, `parallel` workers (None: one per core), the cores split between them so that
+      N jobs do not oversubscribe the machine; `runs_per_gpu` does not apply.
+    - on GPUs, gpus x K workers, CUDA_VISIBLE_DEVICES pinning each to a GPU that has one of
+      its K slots free, so that no GPU carries more than K runs at once, and the CPU cores
+      split between all workers. K is `runs_per_gpu` when given (then `parallel` is not
+      used: it is the CPU worker count); else, when `parallel` is None (auto), the memory
+      planner's choice (`default_runs_per_gpu`); else 1, with `parallel` capping the workers
+      as before (min(parallel, gpus); parallel 1: one run at a time in this process).
+    Never more workers than runs. Returns {key: "finished" | "skipped" | "failed: ..."}.
     A failed run does not stop the others; the caller reports them.
     """
+    check_runs_per_gpu(runs_per_gpu)
     results, todo = split_jobs(jobs, echo)
     if not todo:
         return results
-    if parallel > 1:  # longest first: the slowest run does not start last and straggle
-        todo.sort(key=lambda item: -run_cost(item[0].config))
     gpus = _gpu_count(device)
-    workers = min(parallel, gpus) if gpus and parallel > 1 else parallel
-    pool = _Pool(max(1, min(workers, len(todo))), gpus, len(todo), log_dir, echo)
-    echo(f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) with "
-         f"{pool.workers} worker{'s' if pool.workers > 1 else ''}"
-         + (f", {pool.threads} threads each" if pool.workers > 1 and not gpus else ""))
+    workers, per_gpu, chosen = _workers(todo, gpus, parallel, runs_per_gpu, echo)
+    workers = max(1, min(workers, len(todo)))
+    if workers > 1:  # longest first: the slowest run does not start last and straggle
+        todo.sort(key=lambda item: -run_cost(item[0].config))
+    pool = _Pool(workers, gpu_slots(gpus, per_gpu), len(todo), log_dir, echo)
+    line = (f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) with "
+            f"{pool.workers} worker{'s' if pool.workers > 1 else ''}")
+    if gpus and pool.workers > 1:
+        line += (f" on {gpus} GPU{'s' if gpus > 1 else ''} (at most {per_gpu} "
+                 f"run{'s' if per_gpu > 1 else ''} per GPU{chosen})")
+    if pool.workers > 1:
+        line += f", {pool.threads} thread{'s' if pool.threads > 1 else ''} each"
+    echo(line)
     if pool.workers == 1:
         results.update(pool.one(item) for item in todo)
     else:
@@ -69,13 +87,119 @@ def run_jobs(jobs: list[Job], *, parallel: int = 1, device: str | None = None,
     return results
 
 
-class _Pool:
-    """The state the local executor's threads share: free GPUs, the finished count, timing."""
+def _workers(todo: list, gpus: int, parallel: int | None, runs_per_gpu: int | None,
+             echo) -> tuple[int, int, str]:
+    """(workers, runs per GPU, how K was chosen) for run_jobs (its docstring says the rule)."""
+    per_gpu, chosen = 1, ""
+    if gpus and runs_per_gpu is not None:
+        per_gpu = runs_per_gpu
+        workers = gpus * per_gpu
+    elif gpus and parallel is None:
+        gpu_bytes = _gpu_memory()
+        if gpu_bytes:
+            per_gpu = default_runs_per_gpu([job.config for job, _ in todo], gpu_bytes,
+                                           _cpu_count())
+            per_gpu = min(per_gpu, -(-len(todo) // gpus))  # the runs spread over all GPUs
+            chosen = " chosen from the memory plan"
+        workers = gpus * per_gpu
+    elif gpus:
+        workers = min(parallel, gpus) if parallel > 1 else 1
+    else:
+        if runs_per_gpu is not None:
+            echo(f"runs_per_gpu {runs_per_gpu} ignored: no GPU")
+        # auto: one per core. Tiny models scale far better over processes than over threads,
+        # and one thread per process is immune to the OpenMP spin-wait collapse (measured
+        # 10x slower) that 2 threads per process suffer on a busy 2-core machine.
+        workers = _cpu_count() if parallel is None else parallel
+    return workers, per_gpu, chosen
 
-    def __init__(self, workers: int, gpus: int, total: int, log_dir: Path | None, echo):
+
+def check_runs_per_gpu(value) -> None:
+    """runs_per_gpu is None (choose) or a whole number >= 1; ValueError naming the value."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"runs_per_gpu must be a whole number >= 1, got {value!r}")
+
+
+# -- how many runs share a GPU, and which GPU a worker takes ---------------------------------
+
+CONTEXT_BYTES = 2 * 2 ** 30   # per process: CUDA context, cuDNN / cuBLAS handles, workspaces
+MAX_RUNS_PER_GPU = 16
+
+
+def job_memory(config: dict) -> int:
+    """The memory planner's peak estimate of one training step of a job on a GPU: its model
+    at its batch size (else the recipe's, an upper bound: the engine only halves it for small
+    data) and precision (auto is bf16 on CUDA), capped by its memory_budget if it sets one
+    (the engine then splits the batch into micro-batches that fit)."""
+    from ..data.sources import BUILTIN
+    from ..model.memory import estimate, parse_bytes
+    from ..train.recipes import get_recipe
+    recipe = get_recipe(config.get("recipe") or "fast")
+    precision = config.get("precision") or "auto"
+    ema_decay = config.get("ema_decay")
+    classes, chans = BUILTIN.get(str(config.get("data", "")), (1000, 3))
+    need = estimate(config["model"], int(config.get("batch_size") or recipe.batch_size),
+                    precision="bf16" if precision == "auto" else precision,
+                    grad_checkpointing=bool(config.get("grad_checkpointing")),
+                    optimizer=config.get("optimizer") or recipe.optimizer,
+                    ema=(recipe.ema_decay if ema_decay is None else ema_decay) > 0,
+                    num_classes=classes, stem_stride=int(config.get("stem_stride", 2)),
+                    in_chans=int(config.get("in_chans") or chans))
+    budget = parse_bytes(config.get("memory_budget"))
+    return min(need, budget) if budget else need
+
+
+def default_runs_per_gpu(job_configs: list[dict], gpu_bytes: int, cpus: int) -> int:
+    """How many runs share one GPU when the caller does not say: as many as fit in
+    `gpu_bytes` at the largest job's planner estimate plus CONTEXT_BYTES each, at most
+    MAX_RUNS_PER_GPU, `cpus` (each worker needs a core to launch its kernels) and the number
+    of jobs; 1 when a job's estimate exceeds half the GPU. Jobs whose memory cannot be
+    estimated (an unknown model: the run itself will fail and say why) are left out."""
+    needs = []
+    for config in job_configs:
+        try:
+            needs.append(job_memory(config))
+        except (KeyError, TypeError, ValueError):
+            continue
+    if not needs:
+        return 1
+    largest = max(needs)
+    if largest > gpu_bytes / 2:
+        return 1
+    fit = int(gpu_bytes // (largest + CONTEXT_BYTES))
+    return max(1, min(fit, MAX_RUNS_PER_GPU, cpus, len(job_configs)))
+
+
+def gpu_slots(gpus: int, per_gpu: int) -> list[int]:
+    """The free-slot pool: each GPU index `per_gpu` times ([0, 0, 1, 1] for 2 x 2)."""
+    return [gpu for gpu in range(gpus) for _ in range(per_gpu)]
+
+
+def take_slot(pool: list[int]) -> int:
+    """Remove and return a slot of the GPU with the most free slots (the lowest index on a
+    tie), so that runs spread over the GPUs before any GPU takes a second one. Give it back
+    with pool.append(gpu). The caller holds the lock."""
+    gpu = max(set(pool), key=lambda g: (pool.count(g), -g))
+    pool.remove(gpu)
+    return gpu
+
+
+def _visible_device(gpu: int) -> str:
+    """The CUDA_VISIBLE_DEVICES entry for the worker on GPU index `gpu` of this process:
+    the parent's own list, when it has one, maps indices to devices."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if d.strip()]
+    return visible[gpu] if gpu < len(visible) else str(gpu)
+
+
+class _Pool:
+    """The state the local executor's threads share: free GPU slots, the finished count,
+    timing."""
+
+    def __init__(self, workers: int, slots: list[int], total: int, log_dir: Path | None, echo):
         self.workers, self.total, self.log_dir, self.echo = workers, total, log_dir, echo
         self.threads = max(1, _cpu_count() // workers)
-        self.slots = list(range(gpus))
+        self.slots = list(slots)
         self.lock = threading.Lock()
         self.done, self.start = 0, time.time()
 
@@ -101,7 +225,7 @@ class _Pool:
             from ..train.engine import train
             return train(config)
         with self.lock:
-            gpu = self.slots.pop() if self.slots else None
+            gpu = take_slot(self.slots) if self.slots else None
         try:
             return _run_worker(config, self.threads, gpu, self.log_dir, key)
         finally:
@@ -115,7 +239,7 @@ def _run_worker(config: dict, threads: int, gpu: int | None, log_dir: Path | Non
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                EFFSCALE_THREADS=str(threads))
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        env["CUDA_VISIBLE_DEVICES"] = _visible_device(gpu)
     log_path = Path(log_dir or config["out"]) / f"{key}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
