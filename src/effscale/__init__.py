@@ -25,7 +25,7 @@ _EXPORTS = {
     "load_weights": "io.weights",
     "export_onnx": "io.export",
     "train": "train", "evaluate": "train",
-    "study": "experiments.study", "search": "experiments.search", "report": "report.results",
+    "study": "experiments.study", "search": "experiments.search", "report": "report.pages",
     "cam": "explain.cam",
 }
 # Functions that share their name with a subpackage (effscale.train, effscale.report): the

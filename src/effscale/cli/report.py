@@ -16,7 +16,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..report.results import report
+    from ..report.pages import report
     if args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}")
     report(args.study_dir, cams=not args.no_cams, images=args.images)

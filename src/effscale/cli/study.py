@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..experiments.executors import EXECUTORS
-from ..experiments.study import PRESETS
+from ..experiments.plan import PRESETS
 from ..model.profile import STRATEGIES
 
 EXECUTOR_KEYS = ("executor", "address", "cpus_per_run", "gpus_per_run")
@@ -28,9 +28,10 @@ def add_executor_flags(p) -> None:
 
 def add_parser(sub):
     p = sub.add_parser(
-        "study", help="compound vs depth/width/resolution scaling at matched FLOPs",
+        "study", help="compound vs depth/width/resolution/fast scaling at matched FLOPs",
         description="Train the baseline and, at each FLOPs level, the compound model and the "
-                    "depth-, width- and resolution-only models matched to the same MACs, over "
+                    "depth-, width-, resolution-only and fast compound (dWr) models matched to "
+                    "the same MACs, over "
                     "seeds; write results.csv/.md, plots and report.html. Re-running the same "
                     "command skips finished runs and resumes interrupted ones. With no flags: "
                     "a quick study on the bundled digits data (a few minutes on CPU).")
@@ -51,7 +52,8 @@ def add_parser(sub):
     levels.add_argument("--phis", help="FLOPs levels as compound phi values, e.g. 1,2")
     p.add_argument("--strategies", help=f"comma list from {','.join(STRATEGIES)} (default all)")
     p.add_argument("--seeds", type=int, help="seeds per model (default 2; 1 gives no error bars)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", help="training epochs; several (e.g. 12,24,48) run the study "
+                                     "at each budget under one directory, reported together")
     p.add_argument("--stem-stride", type=int, choices=(1, 2))
     p.add_argument("--subset", type=int, help="train on this many images (stratified)")
     p.add_argument("--val-subset", type=int)
@@ -59,6 +61,12 @@ def add_parser(sub):
     p.add_argument("--lr", type=float)
     p.add_argument("--jobs", type=int, help="runs in parallel: one per GPU, or N CPU processes")
     add_executor_flags(p)
+    p.add_argument("--runs-per-gpu", type=int,
+                   help="local executor: worker processes sharing each GPU (default: chosen "
+                        "from the memory planner's estimate, 1 for large models)")
+    p.add_argument("--fast-alpha", type=float,
+                   help="alpha of the fast compound strategy, in [1/3, 1] (default 0.8, "
+                        "Dollar et al.'s dWr)")
     p.add_argument("--coefficients", metavar="A,B,G",
                    help="compound coefficients alpha,beta,gamma (e.g. from effscale search)")
     p.add_argument("--max-mismatch", type=float,
@@ -75,7 +83,8 @@ def add_parser(sub):
 
 FLAG_KEYS = ("preset", "base", "data", "data_dir", "recipe", "levels", "phis", "strategies",
              "seeds", "epochs", "stem_stride", "subset", "val_subset", "batch_size", "lr",
-             "jobs", "coefficients", "max_mismatch", "device", "precision", "out") + EXECUTOR_KEYS
+             "jobs", "runs_per_gpu", "coefficients", "fast_alpha", "max_mismatch", "device",
+             "precision", "out") + EXECUTOR_KEYS
 
 
 def command_line(name: str, args, keys) -> str:

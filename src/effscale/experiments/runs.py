@@ -81,11 +81,14 @@ def progress_line(done: int, total: int, job: Job, resumed: bool, detail: str, t
 
 
 def run_cost(config: dict) -> float:
-    """A run's MACs per image: the order in which to start runs (longest first)."""
+    """A run's MACs per image times its epochs: the order in which to start runs (longest
+    first; a study at several budgets pools runs of different lengths)."""
     try:
-        return profile(config["model"], stem_stride=config.get("stem_stride", 2)).macs
+        macs = profile(config["model"], stem_stride=config.get("stem_stride", 2)).macs
     except (KeyError, ValueError):
         return 0.0
+    epochs = config.get("epochs")
+    return macs * (epochs if isinstance(epochs, (int, float)) and epochs > 0 else 1)
 
 
 # Settings a study or search passes through to each run when set (the rest are the engine's)

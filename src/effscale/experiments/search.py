@@ -25,7 +25,7 @@ from ..model.profile import profile
 from ..report.search import PAPER, write_search_results
 from .executors import check_experiment, execute
 from .runs import Job, engine_config, failed_keys
-from .study import compound_base, dataset_shape, parse_floats
+from .plan import compound_base, dataset_shape, parse_floats
 
 TARGET = 2.0         # FLOPs multiplier per unit of phi (paper eq. 3)
 
@@ -189,7 +189,7 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
         echo(f"no recommendation: {result['why']}")
     if result["paper_rank"]:
         echo(result["paper_rank"])
-    from ..report.results import report
+    from ..report.pages import report
     report(out, echo=echo, results=result)
     result.update(out=str(out), failed=failed_keys(statuses))
     return result

@@ -2,345 +2,32 @@
 seeds (the paper's Table 7 / Figure 8 experiment), resumable and parallel.
 
 Three layers, each with one job:
-- config: presets <- dataset defaults <- config file <- flags, validated (`resolve_config`);
-- plan: a pure function from the config to the models and runs (`plan_models`, `plan_runs`):
-  every model's name, d/w/r, params and MACs are known before a tensor exists, so the FLOPs
-  match is checked (and refused when > max_mismatch off) before anything trains;
-- runner: `run_jobs`, the one loop that trains a list of run directories through
-  `effscale.train`, skipping finished ones and resuming interrupted ones, in-process or in
-  N worker processes. `effscale search` reuses it.
+- config and plan (`experiments.plan`): the config resolved and validated, every model
+  matched in MACs and every run known before anything trains;
+- runner (`experiments.executors`): trains the run directories, skipping finished ones and
+  resuming interrupted ones, in-process, in worker processes or on Ray; `effscale search`
+  reuses it;
+- this module: `study` (one budget, or several through `experiments.budgets`) and
+  `plan_differences`, which re-plans a finished study with the current code.
 
 The study directory holds `study.json` (the resolved plan + environment + commands),
 `runs/<strategy>-L<level>-s<seed>/` (one training run each), `logs/`, `results.csv`,
 `results.md`, `plots/` and, from `effscale report`, `report.html` / `report.md`.
 """
 
+
 from __future__ import annotations
 
-import copy
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
-from ..data.sources import BUILTIN
-from ..io.files import write_json
-from ..io.records import (api_command, check_same_runs, command_history, environment,
-                          level_label, load_study, parse_level)
-from ..model.names import Variant, parse_name
-from ..model.profile import STRATEGIES, match_flops, profile
-from ..model.spec import FAMILY
-from .executors import check_experiment, execute
-from .runs import Job, RunStatus, engine_config, failed_keys
-
-# Per-dataset defaults: what `effscale study --data X` runs with no other flag.
-# digits: the quick study (`make run`): 1 level, 2 seeds, all 5 strategies, a tiny base at
-#   16 px with stem stride 1 whose level-2.5 variants all match within 2% (most tiny bases
-#   and levels cannot: whole blocks and whole pixels are coarse steps at this size), trained
-#   with the fast recipe's defaults for 10 epochs: every model >= 95% (BENCHMARKS.md).
-# fashion-mnist: the converged CPU study (results/fashion-mnist): a 36 px base (28 px
-#   upsampled, stem stride 2: 2x2 final map, 1.6M MACs) and one level, 4.3x, where every
-#   strategy matches within 2% (the 32 px base has no level >= 4 that all strategies can
-#   match: whole blocks and whole pixels jump past it). Trained to the plateau with the fast
-#   recipe on a stratified 20,000-image subset for 12 epochs, 3 seeds: about 1.6 hours on 2
-#   idle cores (15 runs); the full 60k at 15 epochs would take about 6.
-# cifar10/100: B0 at 224 px like the paper and the CIFAR-10 study: a GPU job.
-DATA_DEFAULTS = {
-    "digits": dict(base="b0@phi=-6,r=0.1652", stem_stride=1, levels=(2.5,), epochs=10,
-                   recipe="fast"),
-    "fashion-mnist": dict(base="b0@phi=-10,res=36", stem_stride=2, levels=(4.3,), epochs=12,
-                          seeds=3, subset=20000, recipe="fast"),
-    "cifar10": dict(base="b0", stem_stride=2, levels=(2.0, 4.0), epochs=15, recipe="fast"),
-    "cifar100": dict(base="b0", stem_stride=2, levels=(2.0, 4.0), epochs=15, recipe="fast"),
-}
-
-# What a study on each dataset can show, printed after its results.
-SCOPE = {"digits": "the quick study checks that every strategy's models build, match in MACs "
-                   "and train (each ~98% top-1); digits is too easy and too small to rank the "
-                   "strategies: run the Fashion-MNIST study for evidence"}
-
-
-def _b2_level() -> float:
-    # The CIFAR-10 study compared against B2 (compound). Its single-dimension models sat at
-    # ~1.8x B2's FLOPs; we match all of them to B2's MACs instead.
-    return round(profile("b2").macs / profile("b0").macs, 2)
-
-
-PRESETS = {
-    "quick": {},
-    "seed": dict(base="b0", data="cifar10", stem_stride=2, recipe="seed", epochs=35,
-                 levels=None, strategies=STRATEGIES),  # levels filled in by _b2_level()
-}
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    base: str = "b0@phi=-6,r=0.1652"
-    data: str = "digits"
-    data_dir: str | None = None
-    recipe: str | None = None
-    levels: tuple[float, ...] = ()
-    phis: tuple[float, ...] = ()
-    strategies: tuple[str, ...] = STRATEGIES
-    seeds: int = 2
-    epochs: int = 10
-    stem_stride: int = 1
-    subset: int | None = None
-    val_subset: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    jobs: int | None = None      # None: one per GPU, else one per CPU core (1 thread each)
-    executor: str = "local"
-    address: str | None = None   # ray: None starts a local Ray, 'auto' or HOST:PORT joins one
-    cpus_per_run: float | None = None  # ray: CPUs (= torch threads) per run; default 1
-    gpus_per_run: float | None = None  # ray: default 1 when --device is cuda, else 0
-    coefficients: tuple[float, float, float] | None = None
-    max_mismatch: float = 0.02   # refuse a plan whose MACs miss the level by more than this
-    device: str | None = None
-    precision: str | None = None
-    preset: str | None = None
-    out: str = "runs/study"
-    train: dict = field(default_factory=dict)  # any other training-engine keys, passed through
-
-    def as_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-
-CONFIG_KEYS = tuple(f.name for f in fields(StudyConfig))
-
-
-def parse_floats(text, what: str) -> tuple[float, ...]:
-    """'2,4' or [2, 4] -> (2.0, 4.0); one clear error otherwise."""
-    if text is None:
-        return ()
-    items = text.split(",") if isinstance(text, str) else list(text)
-    values = []
-    for item in items:
-        if isinstance(item, str) and not item.strip():
-            continue
-        try:
-            value = float(item)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what}: {item!r} is not a number") from None
-        if not math.isfinite(value):
-            raise ValueError(f"{what}: {item!r} is not finite")
-        values.append(value)
-    return tuple(values)
-
-
-def parse_strategies(text) -> tuple[str, ...]:
-    items = text.split(",") if isinstance(text, str) else list(text or ())
-    names = tuple(s.strip().lower() for s in items if str(s).strip())
-    for name in names:
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-    if not names:
-        raise ValueError(f"no strategies given; choose from {', '.join(STRATEGIES)}")
-    return tuple(s for s in STRATEGIES if s in names)  # canonical order, no duplicates
-
-
-def parse_coefficients(text) -> tuple[float, float, float] | None:
-    if text is None:
-        return None
-    values = parse_floats(text, "coefficients")
-    if len(values) != 3 or any(v <= 0 for v in values):
-        raise ValueError(f"coefficients must be three positive numbers alpha,beta,gamma, "
-                         f"got {text!r}")
-    return values
-
-
-def resolve_config(file_values: dict | None = None, flags: dict | None = None) -> StudyConfig:
-    """Presets <- dataset defaults <- config file <- flags (later wins), validated.
-
-    `flags` holds only what the user set (None means unset). Pure apart from the B2 MACs
-    lookup of the seed preset.
-    """
-    file_values, flags = dict(file_values or {}), {k: v for k, v in (flags or {}).items()
-                                                   if v is not None}
-    unknown = sorted(set(file_values) - set(CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"unknown study config key(s): {', '.join(unknown)}; known: "
-                         f"{', '.join(CONFIG_KEYS)}")
-    preset = flags.get("preset", file_values.get("preset"))
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    preset_values = dict(PRESETS.get(preset or "quick", {}))
-    if preset == "seed":
-        preset_values["levels"] = (_b2_level(),)
-    data = flags.get("data", file_values.get("data", preset_values.get("data", "digits")))
-    values: dict = {}
-    # a deep copy: a nested default (a train dict) must not be shared with the frozen config
-    defaults = copy.deepcopy(DATA_DEFAULTS.get(data, DATA_DEFAULTS["cifar10"]))
-    recipe = flags.get("recipe", file_values.get("recipe", preset_values.get("recipe")))
-    if recipe is not None and recipe != defaults.get("recipe"):
-        for key in ("lr", "batch_size", "train"):  # tuned for the default recipe only
-            defaults.pop(key, None)
-    for layer in (defaults, preset_values, file_values, flags):
-        # levels and phis are two spellings of one thing: a layer that gives one of them
-        # replaces both (a --phis flag overrides a file's levels)
-        if "levels" in layer or "phis" in layer:
-            values["levels"], values["phis"] = (), ()
-        values.update({k: v for k, v in layer.items() if v is not None})
-    values["data"] = data
-    values["levels"] = parse_floats(values.get("levels"), "levels")
-    values["phis"] = parse_floats(values.get("phis"), "phis")
-    values["strategies"] = parse_strategies(values.get("strategies", STRATEGIES))
-    values["coefficients"] = parse_coefficients(values.get("coefficients"))
-    config = StudyConfig(**{k: v for k, v in values.items() if k in CONFIG_KEYS})
-    validate(config)
-    return config
-
-
-def validate(config: StudyConfig) -> None:
-    check_experiment(config)
-    if config.levels and config.phis:
-        raise ValueError("give FLOPs levels (--levels 2,4) or phis (--phis 1,2), not both")
-    needs_levels = any(s != "baseline" for s in config.strategies)
-    if needs_levels and not (config.levels or config.phis):
-        raise ValueError("no FLOPs levels: give --levels 2,4 (multiples of the base's MACs) "
-                         "or --phis 1,2")
-    for level in config.levels:
-        if level <= 0:
-            raise ValueError(f"levels must be > 0 (multiples of the base's MACs), got {level:g}")
-    if not 0 < config.max_mismatch < 1:
-        raise ValueError(f"max_mismatch must be in (0, 1), got {config.max_mismatch}")
-
-
-# -- the plan (pure) ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PlannedModel:
-    strategy: str
-    level: str            # label: "1" (baseline), "2", "4" (x base MACs) or "phi1"
-    model: str
-    target_macs: int
-    macs: int
-    params: int
-    resolution: int
-    d: float              # depth, width, resolution multipliers relative to the base
-    w: float
-    r: float
-
-    @property
-    def ratio(self) -> float:
-        return self.macs / self.target_macs
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    key: str              # run directory name under runs/
-    seed: int
-    model: PlannedModel
-
-
-def dataset_shape(data: str, data_dir: str | None = None) -> tuple[int, int]:
-    """(num_classes, in_chans) of a dataset, without loading it when it is built in."""
-    if data in BUILTIN:
-        return BUILTIN[data]
-    from ..data import load_data  # imagefolder: the class list lives on disk
-    info = load_data(data, data_dir=data_dir).info
-    return info.num_classes, info.in_chans
-
-
-def compound_base(base: Variant, coefficients=None) -> Variant:
-    """The base that compound scaling adds phi to.
-
-    A base given with res=... (pixels) or with phi under other coefficients is re-expressed as
-    d/w/r multipliers at phi=0, so that phi scales *from the base itself* with the study's
-    coefficients (a fixed res would otherwise stop gamma from scaling the resolution)."""
-    a, b, g = coefficients or (base.alpha, base.beta, base.gamma)
-    if base.res is None and (base.phi == 0 or (a, b, g) == (base.alpha, base.beta, base.gamma)):
-        return base.with_(alpha=a, beta=b, gamma=g)
-    family = FAMILY[base.base]
-    return Variant(base.base, d=round(base.depth / family.depth, 6),
-                   w=round(base.width / family.width, 6),
-                   r=round(base.resolution / family.resolution, 6), alpha=a, beta=b, gamma=g)
-
-
-def plan_models(config: StudyConfig, num_classes: int, in_chans: int) -> list[PlannedModel]:
-    """Every (strategy, level) model with its MACs matched to the level's target. Pure."""
-    base = parse_name(config.base)
-    cbase = compound_base(base, config.coefficients)
-    stem = config.stem_stride
-
-    def prof(name):
-        return profile(name, num_classes=num_classes, stem_stride=stem, in_chans=in_chans)
-
-    def macs(name):
-        return prof(name).macs
-
-    def matched(variant, dimension, target):
-        return match_flops(variant, dimension, target, stem_stride=stem,
-                           num_classes=num_classes, in_chans=in_chans).name
-
-    base_prof = prof(base)
-
-    def planned(strategy, label, name, target):
-        p = prof(name)
-        v = parse_name(name)
-        return PlannedModel(strategy, label, str(name), int(round(target)), p.macs, p.params,
-                            p.resolution, round(v.depth / base.depth, 4),
-                            round(v.width / base.width, 4),
-                            round(p.resolution / base_prof.resolution, 4))
-
-    models = []
-    if "baseline" in config.strategies:
-        models.append(planned("baseline", "1", str(base), base_prof.macs))
-    levels = [(level_label(x), x * base_prof.macs, None) for x in config.levels]
-    for phi in config.phis:
-        name = str(cbase.with_(phi=round(cbase.phi + phi, 4)))
-        levels.append((level_label(phi, "phi"), macs(name), name))
-    for label, target, compound_name in levels:
-        for strategy in STRATEGIES[1:]:
-            if strategy not in config.strategies:
-                continue
-            if strategy == "compound":
-                name = compound_name or matched(cbase, "compound", target)
-            else:
-                name = matched(base, strategy, target)
-            models.append(planned(strategy, label, name, target))
-    return models
-
-
-def plan_runs(models: list[PlannedModel], seeds: int) -> list[PlannedRun]:
-    return [PlannedRun(f"{m.strategy}-L{m.level}-s{seed}", seed, m)
-            for m in models for seed in range(seeds)]
-
-
-def mismatches(models: list[PlannedModel], limit: float) -> list[str]:
-    """One line per model whose MACs miss its level's target by more than `limit`."""
-    out = []
-    for m in models:
-        if abs(m.ratio - 1) > limit:
-            why = "whole blocks" if m.strategy == "depth" else "channel/pixel rounding"
-            out.append(f"{m.strategy} at level {m.level}: {m.model} has {m.ratio:.3f}x the "
-                       f"target MACs ({(m.ratio - 1) * 100:+.1f}%; {why} allow no closer)")
-    return out
-
-
-def suggest_level(config: StudyConfig, level: float, num_classes: int, in_chans: int,
-                  window: int = 25) -> float | None:
-    """The level nearest `level` (0.01 steps, up to +-window%) at which every strategy matches
-    within max_mismatch, or None. Resolution moves MACs in jumps (a whole pixel more can add a
-    row to every stride-32 feature map: +10% at B0/352 px), so some levels have no match."""
-    for k in range(1, window + 1):
-        for candidate in (round(level * (1 + k / 100), 2), round(level * (1 - k / 100), 2)):
-            trial = StudyConfig(**{**config.__dict__, "levels": (candidate,), "phis": ()})
-            if not mismatches(plan_models(trial, num_classes, in_chans), config.max_mismatch):
-                return candidate
-    return None
-
-
-def train_config(config: StudyConfig, run: PlannedRun) -> dict:
-    """The training-engine config of one run (without out/resume)."""
-    return engine_config(config, run.model.model, run.seed)
-
-
-# -- the runner (shared with effscale search) -----------------------------------------------
-
-
-# -- environment and the study file ---------------------------------------------------------
+from ..io.records import load_study
+from .budgets import SUB, budget_study, sub_config
+from .executors import execute
+from .plan import (StudyConfig, plan_models, plan_runs, prepare, resolve_config, train_config,
+                   train_set_size)
 
 
 # Training-config keys that say where and how a run was executed, not what it computed.
@@ -355,9 +42,12 @@ def plan_differences(study_dir: str | Path) -> list[str]:
     Checks the planned models (names, MACs, params, d/w/r), the run list, each run's training
     config in study.json, and each run's resolved config.json (recipe values, the fitted batch
     and lr) against what the current code would resolve. Empty when the committed results are
-    what the code that ships them would produce."""
+    what the code that ships them would produce. A study at several budgets is checked budget
+    by budget. Needs no dataset files when the record keeps the training-set size."""
     study_dir = Path(study_dir)
     record = load_study(study_dir)
+    if record.get("kind") == "budgets":
+        return budget_differences(study_dir, record)
     config = resolve_config(dict(record["config"], out=str(study_dir)))
     models = plan_models(config, record["num_classes"], record["in_chans"])
     out = []
@@ -374,14 +64,14 @@ def plan_differences(study_dir: str | Path) -> list[str]:
     planned = {r.key: r for r in plan_runs(models, config.seeds)}
     if set(planned) != set(record["runs"]):
         out.append(f"runs differ: now {sorted(planned)}, then {sorted(record['runs'])}")
-    train_size = None
+    train_size = record.get("train_size")
     for key in sorted(set(planned) & set(record["runs"])):
         cfg = train_config(config, planned[key])
         out += _config_differences(key, record["runs"][key]["train"], cfg)
         saved = study_dir / "runs" / key / "config.json"
         if saved.is_file():
-            if train_size is None:
-                train_size = _train_size(config)
+            if train_size is None:  # an older record: count the images
+                train_size = train_set_size(config)
             from ..train.config import make_config, resolve
             resolved = resolve(make_config(cfg, out=str(study_dir / "runs" / key)), train_size)
             out += _config_differences(key, json.loads(saved.read_text()), resolved.as_dict())
@@ -393,111 +83,46 @@ def _config_differences(key: str, then: dict, now: dict) -> list[str]:
             for k in sorted((set(then) | set(now)) - _WHERE) if then.get(k) != now.get(k)]
 
 
-def _train_size(config: StudyConfig) -> int:
-    from ..data import load_data
-    return len(load_data(config.data, data_dir=config.data_dir, download=False,
-                         subset=config.subset, val_subset=config.val_subset).train)
-
-
-# -- the study ------------------------------------------------------------------------------
-
-def matched_plan(config: StudyConfig, num_classes: int, in_chans: int,
-                 echo=print) -> tuple[StudyConfig, list[PlannedModel]]:
-    """The plan, with every model within max_mismatch of its level, or one ValueError that
-    names a level that can be matched. The seed preset means "at about B2's MACs", so it moves
-    to the nearest level that can be matched (and says so)."""
-    models = plan_models(config, num_classes, in_chans)
-    far = mismatches(models, config.max_mismatch)
-    if far and config.preset == "seed" and config.levels == (_b2_level(),):
-        level = suggest_level(config, config.levels[0], num_classes, in_chans)
-        if level is not None:
-            echo(f"note: B2's MACs ({config.levels[0]:g}x B0) cannot be matched within "
-                 f"{config.max_mismatch:.0%} ({far[0]}); using the nearest level that can: "
-                 f"{level:g}x")
-            config = StudyConfig(**{**config.__dict__, "levels": (level,)})
-            models = plan_models(config, num_classes, in_chans)
-            far = mismatches(models, config.max_mismatch)
-    if far:
-        hint = ""
-        bad_levels = sorted(parse_level(m.level)[1] for m in models
-                            if abs(m.ratio - 1) > config.max_mismatch
-                            and parse_level(m.level)[0] == "level")
-        if bad_levels:
-            level = suggest_level(config, bad_levels[0], num_classes, in_chans)
-            if level is not None:
-                hint = f" (level {level:g} can be matched)"
-        raise ValueError(f"FLOPs not matched within {config.max_mismatch:.0%}: {far[0]}"
-                         + (f" (and {len(far) - 1} more)" if len(far) > 1 else "")
-                         + f"; pick other levels{hint} or raise --max-mismatch")
-    return config, models
-
-
-def _print_plan(out: Path, config: StudyConfig, models: list[PlannedModel], runs: int,
-                echo) -> None:
-    echo(f"study {out}: {len(models)} models x {config.seeds} seeds = {runs} runs on "
-         f"{config.data}, {config.epochs} epochs each")
-    for m in models:
-        echo(f"  {m.strategy:>10} L{m.level:<6} {m.model:<34} {m.macs / 1e6:9.2f}M MACs "
-             f"({m.ratio:.3f}x target)  {m.params / 1e6:.2f}M params")
-    if config.seeds < 2:
-        echo("warning: 1 seed: no error bars and no significance test are possible")
-
-
 def study(config: StudyConfig | dict | None = None, *, command: str | None = None,
           dry_run: bool = False, report: bool = True, echo=print, **overrides) -> dict:
     """Plan, train (resumably) and summarise a scaling study; returns a summary dict with
-    `out`, `conclusion`, `results` (rows) and `failed` (keys of runs that failed)."""
+    `out`, `conclusion`, `results` (rows) and `failed` (keys of runs that failed). With
+    several epochs (`epochs=(12, 24, 48)`) one sub-study per budget, reported together
+    (`experiments.budgets`)."""
     if isinstance(config, StudyConfig):
         config = resolve_config({k: v for k, v in config.as_dict().items()}, overrides)
     else:
         config = resolve_config(config or {}, overrides)
-    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
-    config, models = matched_plan(config, num_classes, in_chans, echo)
-    runs = plan_runs(models, config.seeds)
-    out = Path(config.out)
-    run_entries = {r.key: {"strategy": r.model.strategy, "level": r.model.level,
-                           "seed": r.seed, "model": r.model.model,
-                           "train": train_config(config, r)} for r in runs}
-    old = load_study(out) if (out / "study.json").is_file() else {}
-    check_same_runs(old, run_entries)
-    commands = command_history(old, command or api_command("study", config.as_dict()))
-    record = {
-        "kind": "study",
-        "config": config.as_dict(),
-        "num_classes": num_classes, "in_chans": in_chans,
-        "seeds": list(range(config.seeds)),
-        "models": [dict(asdict(m), ratio=round(m.ratio, 4)) for m in models],
-        "runs": run_entries,
-        "commands": commands,
-        "environment": environment(config.device),
-        "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    _print_plan(out, config, models, len(runs), echo)
+    if isinstance(config.epochs, tuple):
+        return budget_study(config, command=command, dry_run=dry_run, report=report,
+                            echo=echo)
+    planned = prepare(config, command, echo)
     if dry_run:
-        return {"out": str(out), "plan": record, "results": [], "conclusion": None,
-                "failed": []}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "study.json", record)
-    jobs = [Job(r.key, out / "runs" / r.key, run_entries[r.key]["train"]) for r in runs]
+        return {"out": str(planned.out), "plan": planned.record, "results": [],
+                "conclusion": None, "failed": []}
+    planned.write()
     t0 = time.time()
-    statuses = execute(jobs, config, log_dir=out / "logs", echo=echo)
-    if all(s is RunStatus.SKIPPED for s in statuses.values()) and old:
-        # nothing trained: the results still come from the machine and time that made them
-        record.update(environment=old.get("environment"), wall_time_s=old.get("wall_time_s"))
-    else:
-        record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
-    write_json(out / "study.json", record)
-    failed = failed_keys(statuses)
-    for key in failed:
-        echo(f"warning: {key} {statuses[key]}")
-    from ..report.results import write_results
-    summary = write_results(out)
-    if report:
-        from ..report.results import report as make_report
-        make_report(out, echo=echo, results=summary)
-    summary.update(out=str(out), failed=failed, wall_time_s=record["wall_time_s"])
-    if config.data in SCOPE:
-        echo(f"note: {SCOPE[config.data]}")
-    return summary
+    statuses = execute(planned.jobs, planned.config, log_dir=planned.out / "logs", echo=echo)
+    return planned.finish(statuses, time.time() - t0, report=report, echo=echo)
 
 
+
+
+def budget_differences(study_dir: Path, record: dict) -> list[str]:
+    """plan_differences of a budgets directory: the budgets themselves, then each budget's
+    sub-study against what the top-level config plans for it."""
+    config = resolve_config(dict(record["config"], out=str(study_dir)))
+    out = []
+    if list(config.epochs) != record["budgets"]:
+        out.append(f"budgets were {record['budgets']}, now {list(config.epochs)}")
+    for epochs in config.epochs:
+        sub = study_dir / SUB.format(epochs)
+        if not (sub / "study.json").is_file():
+            out.append(f"{sub.name}: not planned")
+            continue
+        then = load_study(sub)["config"]
+        now = sub_config(config, epochs).as_dict()
+        out += [f"{sub.name}: {k} was {then.get(k)!r}, now {now[k]!r}"
+                for k in now if k != "out" and then.get(k) != now[k]]
+        out += [f"{sub.name}: {line}" for line in plan_differences(sub)]
+    return out

@@ -18,7 +18,7 @@ from ..io.records import load_study, read_run
 from ..io.table import render
 from ..model.profile import STRATEGIES
 from . import stats
-from .render import Bullets, Figure, Heading, Note, Para, Pre, Table, to_html, to_markdown
+from .render import Bullets, Figure, Heading, Note, Para, Pre, Table
 
 # The paper's Table 7 (docs/REFERENCE.md): scaling B0 one dimension at a time vs compound.
 PAPER_TABLE7 = {
@@ -125,7 +125,7 @@ def table7_rows(rows: list[dict], data: str = "ours") -> tuple[list[dict], str |
     elif levels:
         chosen = levels[-1]
     out = []
-    for strategy in STRATEGIES:
+    for strategy in (s for s in STRATEGIES if s in PAPER_TABLE7):  # fast came later
         paper_model, paper_flops, paper_top1 = PAPER_TABLE7[strategy]
         ours = next((r for r in rows if r["strategy"] == strategy
                      and (strategy == "baseline" or r["level"] == chosen)), None)
@@ -270,29 +270,7 @@ def write_results(study_dir: str | Path) -> dict:
 
 # -- the report -----------------------------------------------------------------------------
 
-def report(study_dir: str | Path, *, cams: bool = True, images: int = 6, echo=print,
-           results: dict | None = None) -> dict:
-    """Write report.html and report.md in a study (or search) directory; return their paths.
-    `results`: what write_results / write_search_results just returned, so that the tables
-    and plots are not computed and drawn a second time."""
-    study_dir = Path(study_dir)
-    if (study_dir / "search.json").is_file():
-        from .search import search_sections
-        title, sections = search_sections(study_dir, results)
-    elif (study_dir / "study.json").is_file():
-        title, sections = _study_sections(study_dir, cams=cams, images=images, echo=echo,
-                                          results=results)
-    else:
-        raise FileNotFoundError(f"{study_dir} holds no study.json or search.json: not a study "
-                                f"or search directory")
-    paths = {"html": study_dir / "report.html", "md": study_dir / "report.md"}
-    write_text(paths["md"], to_markdown(title, sections, study_dir))
-    write_text(paths["html"], to_html(title, sections, study_dir))
-    echo(f"report: {paths['html']} and {paths['md']}")
-    return {k: str(v) for k, v in paths.items()}
-
-
-def _study_sections(study_dir: Path, *, cams: bool, images: int, echo,
+def study_sections(study_dir: Path, *, cams: bool, images: int, echo,
                     results: dict | None = None) -> tuple[str, list]:
     res = results or write_results(study_dir)
     plan, rows = res["plan"], res["rows"]
@@ -368,7 +346,8 @@ def _setup_rows(plan: dict, rows: list[dict]) -> list[dict]:
         {"setting": "FLOPs matching", "value": f"every model within "
          f"{cfg['max_mismatch']:.0%} of its level's MACs (worst "
          f"{max(abs(r['ratio'] - 1) for r in rows):.1%})" if rows else ""},
-        {"setting": "wall time", "value": stats.format_wall(plan.get("wall_time_s"))},
+        {"setting": "wall time", "value": stats.format_wall(plan.get("wall_time_s"))
+         + (" (one pool with the other budgets' runs)" if plan.get("wall_time_shared") else "")},
     ]
 
 

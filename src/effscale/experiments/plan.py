@@ -1,0 +1,491 @@
+"""A study's config, its matched plan and its record, before anything trains.
+
+- config: presets <- dataset defaults <- config file <- flags, validated (`resolve_config`);
+- plan: a pure function from the config to the models and runs (`plan_models`, `plan_runs`):
+  every model's name, d/w/r, params and MACs are known before a tensor exists, so the FLOPs
+  match is checked (and refused when > max_mismatch off) before anything trains
+  (`matched_plan`);
+- record: `prepare` turns a config into a `Planned` study (its study.json, its jobs), which
+  `experiments.study` trains and `Planned.finish` summarises. A study at several budgets
+  (`experiments.budgets`) prepares one per budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..data.sources import BUILTIN
+from ..io.files import write_json
+from ..io.records import (api_command, check_same_runs, command_history, environment,
+                          level_label, load_study, parse_level)
+from ..model.names import FAST_ALPHA, Variant, check_fast_alpha, parse_name
+from ..model.profile import STRATEGIES, match_flops, profile
+from ..model.spec import FAMILY
+from .executors import check_experiment
+from .runs import Job, RunStatus, engine_config, failed_keys
+
+# Per-dataset defaults: what `effscale study --data X` runs with no other flag.
+# digits: the quick study (`make run`): 1 level, 2 seeds, all 5 strategies, a tiny base at
+#   16 px with stem stride 1 whose level-2.5 variants all match within 2% (most tiny bases
+#   and levels cannot: whole blocks and whole pixels are coarse steps at this size), trained
+#   with the fast recipe's defaults for 10 epochs: every model >= 95% (BENCHMARKS.md).
+# fashion-mnist: the converged CPU study (results/fashion-mnist): a 36 px base (28 px
+#   upsampled, stem stride 2: 2x2 final map, 1.6M MACs) and one level, 4.3x, where every
+#   strategy matches within 2% (the 32 px base has no level >= 4 that all strategies can
+#   match: whole blocks and whole pixels jump past it). Trained to the plateau with the fast
+#   recipe on a stratified 20,000-image subset for 12 epochs, 3 seeds: about 1.6 hours on 2
+#   idle cores (15 runs); the full 60k at 15 epochs would take about 6.
+# cifar10/100: B0 at 224 px like the paper and the CIFAR-10 study: a GPU job.
+# The quick study leaves out fast compound scaling: at 16 px every channel count jumps by 8
+# at once, and no level near 2.5 matches it within 2% (1.20x at 2.5).
+CLASSIC = tuple(s for s in STRATEGIES if s != "fast")
+DATA_DEFAULTS = {
+    "digits": dict(base="b0@phi=-6,r=0.1652", stem_stride=1, levels=(2.5,), epochs=10,
+                   recipe="fast", strategies=CLASSIC),
+    "fashion-mnist": dict(base="b0@phi=-10,res=36", stem_stride=2, levels=(4.3,), epochs=12,
+                          seeds=3, subset=20000, recipe="fast"),
+    "cifar10": dict(base="b0", stem_stride=2, levels=(2.0, 4.0), epochs=15, recipe="fast"),
+    "cifar100": dict(base="b0", stem_stride=2, levels=(2.0, 4.0), epochs=15, recipe="fast"),
+}
+
+# What a study on each dataset can show, printed after its results.
+SCOPE = {"digits": "the quick study checks that every strategy's models build, match in MACs "
+                   "and train (each ~98% top-1); digits is too easy and too small to rank the "
+                   "strategies: run the Fashion-MNIST study for evidence"}
+
+
+def _b2_level() -> float:
+    # The CIFAR-10 study compared against B2 (compound). Its single-dimension models sat at
+    # ~1.8x B2's FLOPs; we match all of them to B2's MACs instead.
+    return round(profile("b2").macs / profile("b0").macs, 2)
+
+
+PRESETS = {
+    "quick": {},
+    "seed": dict(base="b0", data="cifar10", stem_stride=2, recipe="seed", epochs=35,
+                 levels=None, strategies=STRATEGIES),  # levels filled in by _b2_level()
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    base: str = "b0@phi=-6,r=0.1652"
+    data: str = "digits"
+    data_dir: str | None = None
+    recipe: str | None = None
+    levels: tuple[float, ...] = ()
+    phis: tuple[float, ...] = ()
+    strategies: tuple[str, ...] = STRATEGIES
+    seeds: int = 2
+    epochs: int | tuple[int, ...] = 10  # several: one sub-study per budget (experiments.budgets)
+    stem_stride: int = 1
+    subset: int | None = None
+    val_subset: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    jobs: int | None = None      # None: one per GPU, else one per CPU core (1 thread each)
+    executor: str = "local"
+    address: str | None = None   # ray: None starts a local Ray, 'auto' or HOST:PORT joins one
+    cpus_per_run: float | None = None  # ray: CPUs (= torch threads) per run; default 1
+    gpus_per_run: float | None = None  # ray: default 1 when --device is cuda, else 0
+    runs_per_gpu: int | None = None  # local: worker processes sharing each GPU (None: chosen)
+    coefficients: tuple[float, float, float] | None = None
+    fast_alpha: float = FAST_ALPHA  # fast compound scaling's alpha (Dollar et al. 2021)
+    max_mismatch: float = 0.02   # refuse a plan whose MACs miss the level by more than this
+    device: str | None = None
+    precision: str | None = None
+    preset: str | None = None
+    out: str = "runs/study"
+    train: dict = field(default_factory=dict)  # any other training-engine keys, passed through
+
+    def as_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+CONFIG_KEYS = tuple(f.name for f in fields(StudyConfig))
+
+
+def parse_floats(text, what: str) -> tuple[float, ...]:
+    """'2,4' or [2, 4] -> (2.0, 4.0); one clear error otherwise."""
+    if text is None:
+        return ()
+    items = text.split(",") if isinstance(text, str) else list(text)
+    values = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: {item!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{what}: {item!r} is not finite")
+        values.append(value)
+    return tuple(values)
+
+
+def parse_epochs(value) -> int | tuple[int, ...]:
+    """12 or '12' -> 12; '12,24,48' or [12, 24, 48] -> (12, 24, 48) (sorted, no repeats):
+    several training budgets, one sub-study each."""
+    items = value.split(",") if isinstance(value, str) else (
+        list(value) if isinstance(value, (list, tuple)) else [value])
+    epochs = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        if isinstance(item, bool):
+            raise ValueError(f"epochs: {item!r} is not a whole number")
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"epochs: {item!r} is not a whole number") from None
+        if not math.isfinite(number) or number != int(number) or number < 1:
+            raise ValueError(f"epochs must be whole numbers >= 1, got {item!r}")
+        epochs.append(int(number))
+    if not epochs:
+        raise ValueError("epochs: no value given")
+    epochs = sorted(set(epochs))
+    return epochs[0] if len(epochs) == 1 else tuple(epochs)
+
+
+def parse_strategies(text) -> tuple[str, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text or ())
+    names = tuple(s.strip().lower() for s in items if str(s).strip())
+    for name in names:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    if not names:
+        raise ValueError(f"no strategies given; choose from {', '.join(STRATEGIES)}")
+    return tuple(s for s in STRATEGIES if s in names)  # canonical order, no duplicates
+
+
+def parse_coefficients(text) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    values = parse_floats(text, "coefficients")
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise ValueError(f"coefficients must be three positive numbers alpha,beta,gamma, "
+                         f"got {text!r}")
+    return values
+
+
+def resolve_config(file_values: dict | None = None, flags: dict | None = None) -> StudyConfig:
+    """Presets <- dataset defaults <- config file <- flags (later wins), validated.
+
+    `flags` holds only what the user set (None means unset). Pure apart from the B2 MACs
+    lookup of the seed preset.
+    """
+    file_values, flags = dict(file_values or {}), {k: v for k, v in (flags or {}).items()
+                                                   if v is not None}
+    unknown = sorted(set(file_values) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown study config key(s): {', '.join(unknown)}; known: "
+                         f"{', '.join(CONFIG_KEYS)}")
+    preset = flags.get("preset", file_values.get("preset"))
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    preset_values = dict(PRESETS.get(preset or "quick", {}))
+    if preset == "seed":
+        preset_values["levels"] = (_b2_level(),)
+    data = flags.get("data", file_values.get("data", preset_values.get("data", "digits")))
+    values: dict = {}
+    # a deep copy: a nested default (a train dict) must not be shared with the frozen config
+    defaults = copy.deepcopy(DATA_DEFAULTS.get(data, DATA_DEFAULTS["cifar10"]))
+    recipe = flags.get("recipe", file_values.get("recipe", preset_values.get("recipe")))
+    if recipe is not None and recipe != defaults.get("recipe"):
+        for key in ("lr", "batch_size", "train"):  # tuned for the default recipe only
+            defaults.pop(key, None)
+    for layer in (defaults, preset_values, file_values, flags):
+        # levels and phis are two spellings of one thing: a layer that gives one of them
+        # replaces both (a --phis flag overrides a file's levels)
+        if "levels" in layer or "phis" in layer:
+            values["levels"], values["phis"] = (), ()
+        values.update({k: v for k, v in layer.items() if v is not None})
+    values["data"] = data
+    values["levels"] = parse_floats(values.get("levels"), "levels")
+    values["phis"] = parse_floats(values.get("phis"), "phis")
+    values["strategies"] = parse_strategies(values.get("strategies", STRATEGIES))
+    values["epochs"] = parse_epochs(values.get("epochs", StudyConfig.epochs))
+    values["coefficients"] = parse_coefficients(values.get("coefficients"))
+    config = StudyConfig(**{k: v for k, v in values.items() if k in CONFIG_KEYS})
+    validate(config)
+    return config
+
+
+def validate(config: StudyConfig) -> None:
+    check_experiment(config)
+    if config.levels and config.phis:
+        raise ValueError("give FLOPs levels (--levels 2,4) or phis (--phis 1,2), not both")
+    needs_levels = any(s != "baseline" for s in config.strategies)
+    if needs_levels and not (config.levels or config.phis):
+        raise ValueError("no FLOPs levels: give --levels 2,4 (multiples of the base's MACs) "
+                         "or --phis 1,2")
+    for level in config.levels:
+        if level <= 0:
+            raise ValueError(f"levels must be > 0 (multiples of the base's MACs), got {level:g}")
+    if not 0 < config.max_mismatch < 1:
+        raise ValueError(f"max_mismatch must be in (0, 1), got {config.max_mismatch}")
+    check_fast_alpha(config.fast_alpha)
+
+
+# -- the plan (pure) ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlannedModel:
+    strategy: str
+    level: str            # label: "1" (baseline), "2", "4" (x base MACs) or "phi1"
+    model: str
+    target_macs: int
+    macs: int
+    params: int
+    resolution: int
+    d: float              # depth, width, resolution multipliers relative to the base
+    w: float
+    r: float
+
+    @property
+    def ratio(self) -> float:
+        return self.macs / self.target_macs
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    key: str              # run directory name under runs/
+    seed: int
+    model: PlannedModel
+
+
+def dataset_shape(data: str, data_dir: str | None = None) -> tuple[int, int]:
+    """(num_classes, in_chans) of a dataset, without loading it when it is built in."""
+    if data in BUILTIN:
+        return BUILTIN[data]
+    from ..data import load_data  # imagefolder: the class list lives on disk
+    info = load_data(data, data_dir=data_dir).info
+    return info.num_classes, info.in_chans
+
+
+def compound_base(base: Variant, coefficients=None) -> Variant:
+    """The base that compound scaling adds phi to.
+
+    A base given with res=... (pixels) or with phi under other coefficients is re-expressed as
+    d/w/r multipliers at phi=0, so that phi scales *from the base itself* with the study's
+    coefficients (a fixed res would otherwise stop gamma from scaling the resolution)."""
+    a, b, g = coefficients or (base.alpha, base.beta, base.gamma)
+    if base.res is None and (base.phi == 0 or (a, b, g) == (base.alpha, base.beta, base.gamma)):
+        return base.with_(alpha=a, beta=b, gamma=g)
+    family = FAMILY[base.base]
+    return Variant(base.base, d=round(base.depth / family.depth, 6),
+                   w=round(base.width / family.width, 6),
+                   r=round(base.resolution / family.resolution, 6), alpha=a, beta=b, gamma=g)
+
+
+def plan_models(config: StudyConfig, num_classes: int, in_chans: int) -> list[PlannedModel]:
+    """Every (strategy, level) model with its MACs matched to the level's target. Pure."""
+    base = parse_name(config.base)
+    cbase = compound_base(base, config.coefficients)
+    stem = config.stem_stride
+
+    def prof(name):
+        return profile(name, num_classes=num_classes, stem_stride=stem, in_chans=in_chans)
+
+    def macs(name):
+        return prof(name).macs
+
+    def matched(variant, dimension, target):
+        fast = dict(fast_alpha=config.fast_alpha) if dimension == "fast" else {}
+        return match_flops(variant, dimension, target, stem_stride=stem,
+                           num_classes=num_classes, in_chans=in_chans, **fast).name
+
+    base_prof = prof(base)
+
+    def planned(strategy, label, name, target):
+        p = prof(name)
+        v = parse_name(name)
+        return PlannedModel(strategy, label, str(name), int(round(target)), p.macs, p.params,
+                            p.resolution, round(v.depth / base.depth, 4),
+                            round(v.width / base.width, 4),
+                            round(p.resolution / base_prof.resolution, 4))
+
+    models = []
+    if "baseline" in config.strategies:
+        models.append(planned("baseline", "1", str(base), base_prof.macs))
+    levels = [(level_label(x), x * base_prof.macs, None) for x in config.levels]
+    for phi in config.phis:
+        name = str(cbase.with_(phi=round(cbase.phi + phi, 4)))
+        levels.append((level_label(phi, "phi"), macs(name), name))
+    for label, target, compound_name in levels:
+        for strategy in STRATEGIES[1:]:
+            if strategy not in config.strategies:
+                continue
+            if strategy == "compound":
+                name = compound_name or matched(cbase, "compound", target)
+            else:
+                name = matched(base, strategy, target)
+            models.append(planned(strategy, label, name, target))
+    return models
+
+
+def plan_runs(models: list[PlannedModel], seeds: int) -> list[PlannedRun]:
+    return [PlannedRun(f"{m.strategy}-L{m.level}-s{seed}", seed, m)
+            for m in models for seed in range(seeds)]
+
+
+def mismatches(models: list[PlannedModel], limit: float) -> list[str]:
+    """One line per model whose MACs miss its level's target by more than `limit`."""
+    out = []
+    for m in models:
+        if abs(m.ratio - 1) > limit:
+            why = "whole blocks" if m.strategy == "depth" else "channel/pixel rounding"
+            out.append(f"{m.strategy} at level {m.level}: {m.model} has {m.ratio:.3f}x the "
+                       f"target MACs ({(m.ratio - 1) * 100:+.1f}%; {why} allow no closer)")
+    return out
+
+
+def suggest_level(config: StudyConfig, level: float, num_classes: int, in_chans: int,
+                  window: int = 25) -> float | None:
+    """The level nearest `level` (0.01 steps, up to +-window%) at which every strategy matches
+    within max_mismatch, or None. Resolution moves MACs in jumps (a whole pixel more can add a
+    row to every stride-32 feature map: +10% at B0/352 px), so some levels have no match."""
+    for k in range(1, window + 1):
+        for candidate in (round(level * (1 + k / 100), 2), round(level * (1 - k / 100), 2)):
+            trial = StudyConfig(**{**config.__dict__, "levels": (candidate,), "phis": ()})
+            if not mismatches(plan_models(trial, num_classes, in_chans), config.max_mismatch):
+                return candidate
+    return None
+
+
+def train_config(config: StudyConfig, run: PlannedRun) -> dict:
+    """The training-engine config of one run (without out/resume)."""
+    return engine_config(config, run.model.model, run.seed)
+
+
+def train_set_size(config: StudyConfig) -> int:
+    """How many training images a run sees (the batch fitting reads it): kept in study.json
+    so that re-planning needs no dataset files."""
+    from ..data import load_data
+    return len(load_data(config.data, data_dir=config.data_dir, download=False,
+                         subset=config.subset, val_subset=config.val_subset).train)
+
+
+def matched_plan(config: StudyConfig, num_classes: int, in_chans: int,
+                 echo=print) -> tuple[StudyConfig, list[PlannedModel]]:
+    """The plan, with every model within max_mismatch of its level, or one ValueError that
+    names a level that can be matched. The seed preset means "at about B2's MACs", so it moves
+    to the nearest level that can be matched (and says so)."""
+    models = plan_models(config, num_classes, in_chans)
+    far = mismatches(models, config.max_mismatch)
+    if far and config.preset == "seed" and config.levels == (_b2_level(),):
+        level = suggest_level(config, config.levels[0], num_classes, in_chans)
+        if level is not None:
+            echo(f"note: B2's MACs ({config.levels[0]:g}x B0) cannot be matched within "
+                 f"{config.max_mismatch:.0%} ({far[0]}); using the nearest level that can: "
+                 f"{level:g}x")
+            config = StudyConfig(**{**config.__dict__, "levels": (level,)})
+            models = plan_models(config, num_classes, in_chans)
+            far = mismatches(models, config.max_mismatch)
+    if far:
+        hint = ""
+        bad_levels = sorted(parse_level(m.level)[1] for m in models
+                            if abs(m.ratio - 1) > config.max_mismatch
+                            and parse_level(m.level)[0] == "level")
+        if bad_levels:
+            level = suggest_level(config, bad_levels[0], num_classes, in_chans)
+            if level is not None:
+                hint = f" (level {level:g} can be matched)"
+        raise ValueError(f"FLOPs not matched within {config.max_mismatch:.0%}: {far[0]}"
+                         + (f" (and {len(far) - 1} more)" if len(far) > 1 else "")
+                         + f"; pick other levels{hint} or raise --max-mismatch")
+    return config, models
+
+
+def print_plan(out: Path, config: StudyConfig, models: list[PlannedModel], runs: int,
+                echo) -> None:
+    echo(f"study {out}: {len(models)} models x {config.seeds} seeds = {runs} runs on "
+         f"{config.data}, {config.epochs} epochs each")
+    for m in models:
+        echo(f"  {m.strategy:>10} L{m.level:<6} {m.model:<34} {m.macs / 1e6:9.2f}M MACs "
+             f"({m.ratio:.3f}x target)  {m.params / 1e6:.2f}M params")
+    if config.seeds < 2:
+        echo("warning: 1 seed: no error bars and no significance test are possible")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A study planned and recorded, before and after its runs train."""
+    config: StudyConfig
+    out: Path
+    record: dict          # what study.json will hold
+    old: dict             # the study.json found in `out`, or {}
+    jobs: list[Job]
+
+    def write(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._count_images()
+        write_json(self.out / "study.json", self.record)
+
+    def _count_images(self) -> None:
+        if self.record.get("train_size") is None:
+            try:
+                self.record["train_size"] = train_set_size(self.config)
+            except (OSError, ValueError, RuntimeError):  # not downloaded yet: the runs will
+                self.record["train_size"] = None
+
+    def finish(self, statuses: dict, seconds: float | None, *, report: bool, echo) -> dict:
+        """Record the wall time (`seconds`; None when the runs trained beside other
+        studies' in one pool), then tables, plots and the report."""
+        record, old = self.record, self.old
+        if all(s is RunStatus.SKIPPED for s in statuses.values()) and old:
+            # nothing trained: the results still come from the machine and time that made them
+            record.update(environment=old.get("environment"), wall_time_s=old.get("wall_time_s"))
+        elif seconds is None:
+            record["wall_time_s"] = None
+        else:
+            record["wall_time_s"] = round((old.get("wall_time_s") or 0) + seconds, 1)
+        self._count_images()
+        write_json(self.out / "study.json", record)
+        failed = failed_keys(statuses)
+        for key in failed:
+            echo(f"warning: {key} {statuses[key]}")
+        from ..report.results import write_results
+        summary = write_results(self.out)
+        if report:
+            from ..report.pages import report as make_report
+            make_report(self.out, echo=echo, results=summary)
+        summary.update(out=str(self.out), failed=failed, wall_time_s=record["wall_time_s"])
+        if self.config.data in SCOPE:
+            echo(f"note: {SCOPE[self.config.data]}")
+        return summary
+
+
+def prepare(config: StudyConfig, command: str | None, echo=print) -> Planned:
+    """The matched plan, its runs and the study record (printed, not yet written)."""
+    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
+    config, models = matched_plan(config, num_classes, in_chans, echo)
+    runs = plan_runs(models, config.seeds)
+    out = Path(config.out)
+    run_entries = {r.key: {"strategy": r.model.strategy, "level": r.model.level,
+                           "seed": r.seed, "model": r.model.model,
+                           "train": train_config(config, r)} for r in runs}
+    old = load_study(out) if (out / "study.json").is_file() else {}
+    check_same_runs(old, run_entries)
+    commands = command_history(old, command or api_command("study", config.as_dict()))
+    record = {
+        "kind": "study",
+        "config": config.as_dict(),
+        "num_classes": num_classes, "in_chans": in_chans,
+        "train_size": old.get("train_size"),  # counted when written (a dry run reads no data)
+        "seeds": list(range(config.seeds)),
+        "models": [dict(asdict(m), ratio=round(m.ratio, 4)) for m in models],
+        "runs": run_entries,
+        "commands": commands,
+        "environment": environment(config.device),
+        "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print_plan(out, config, models, len(runs), echo)
+    jobs = [Job(r.key, out / "runs" / r.key, run_entries[r.key]["train"]) for r in runs]
+    return Planned(config, out, record, old, jobs)
+
