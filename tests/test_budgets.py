@@ -155,3 +155,39 @@ def test_conclusion_far_from_the_plateau_with_a_changing_verdict():
     assert "ranking changes with the budget: 12 epochs: width > compound > baseline; " \
            "24 epochs: compound > width > baseline" in text
     assert "compound vs width at 4: no significant difference at 12, better at 24" in text
+
+
+def test_conclusion_of_a_partial_study_compares_only_what_every_budget_has():
+    none = {"baseline": None, "width": None, "compound": None, "resolution": None}
+    results = {12: _budget(none, {}),
+               24: _budget({"baseline": None, "width": 91.4, "compound": 91.9,
+                            "resolution": None}, {"width": "no significant difference"}),
+               48: _budget({"baseline": None, "width": 91.9, "compound": 92.7,
+                            "resolution": 92.7}, {"width": "no significant difference",
+                                                  "resolution": "no significant difference"})}
+    for res in results.values():
+        for row in res["rows"]:
+            row["n"] = 0 if row["top1_mean"] is None else 3
+    text = report_budgets.conclusion(results)
+    assert "Not yet at the plateau: from 24 to 48 epochs width +0.50, compound +0.80" in text
+    assert "(2 of 4 models not yet measured at both budgets)" in text
+    # resolution exists at 48 only: the ranking is compared on width and compound alone
+    assert "ranking is the same at every budget (compound > width)" in text
+    assert "among the strategies finished at every budget" in text
+    assert "verdicts are the same at every budget where they were tested" in text
+    assert report_budgets._unfinished(results) == (
+        "12 of 12 runs of the 12-epoch budget unfinished, 6 of 12 runs of the 24-epoch "
+        "budget unfinished, 3 of 12 runs of the 48-epoch budget unfinished")
+
+
+def test_longest_runs_start_first():
+    """run_cost orders a pooled study: more epochs first, and at equal MACs the deep model
+    (29 blocks, 2.8x slower per epoch on the H200) before the shallow ones."""
+    from effscale.experiments.runs import run_cost
+    cost = {(m, e): run_cost(dict(model=f"b0@{m},res=36,phi=-10", data="fashion-mnist",
+                                   epochs=e))
+            for m in ("d=9.29", "w=2.3") for e in (24, 48)}
+    assert cost[("d=9.29", 48)] > cost[("d=9.29", 24)] > cost[("w=2.3", 48)] > cost[("w=2.3", 24)]
+    # big models: the arithmetic rules
+    assert run_cost(dict(model="b3", epochs=1)) > 4 * run_cost(dict(model="b0", epochs=1))
+    assert run_cost(dict(model="nonsense")) == 0.0

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from ..model.names import model_spec
 from ..model.profile import profile
 
 
@@ -81,14 +82,22 @@ def progress_line(done: int, total: int, job: Job, resumed: bool, detail: str, t
 
 
 def run_cost(config: dict) -> float:
-    """A run's MACs per image times its epochs: the order in which to start runs (longest
-    first; a study at several budgets pools runs of different lengths)."""
+    """A run's rough length, to start the longest first (a study at several budgets pools
+    runs of different lengths): epochs x (MACs per image in millions + blocks). MACs stand
+    for the arithmetic; blocks for the per-layer launch and Python overhead that rules tiny
+    models on a GPU (on the H200 the 29-block depth model of the Fashion-MNIST study trained
+    2.8x slower than its 7-block rivals at equal MACs; BENCHMARKS.md)."""
+    from ..data.sources import BUILTIN
+    classes, chans = BUILTIN.get(str(config.get("data", "")), (1000, 3))
     try:
-        macs = profile(config["model"], stem_stride=config.get("stem_stride", 2)).macs
-    except (KeyError, ValueError):
+        spec = model_spec(config["model"], stem_stride=config.get("stem_stride", 2))
+        macs = profile(spec, num_classes=classes, stem_stride=config.get("stem_stride", 2),
+                       in_chans=config.get("in_chans") or chans).macs
+    except (KeyError, TypeError, ValueError):
         return 0.0
     epochs = config.get("epochs")
-    return macs * (epochs if isinstance(epochs, (int, float)) and epochs > 0 else 1)
+    epochs = epochs if isinstance(epochs, (int, float)) and epochs > 0 else 1
+    return epochs * (macs / 1e6 + spec.num_blocks)
 
 
 # Settings a study or search passes through to each run when set (the rest are the engine's)

@@ -108,41 +108,61 @@ def conclusion(results: dict[int, dict]) -> str:
     parts = [f"At the top budget ({top} epochs): {results[top]['conclusion']}"]
     changes = change_rows(results)
     moved = [(c["strategy"], c.get(f"change to {top}", "")) for c in changes]
-    if len(budgets) > 1 and all(m for _, m in moved):
-        far = [(s, float(m)) for s, m in moved if abs(float(m)) > PLATEAU_POINTS]
-        before = budgets[-2]
-        if not far:
-            parts.append(f"Every strategy's mean moved by at most {PLATEAU_POINTS} points from "
-                         f"{before} to {top} epochs: the verdict is on networks near their "
-                         f"plateau.")
-        else:
-            gains = ", ".join(f"{s} {g:+.2f}" for s, g in far)
-            parts.append(f"Not yet at the plateau: from {before} to {top} epochs {gains} "
-                         f"points (more than {PLATEAU_POINTS}), so the verdict is on networks "
-                         f"still improving.")
-    elif len(budgets) > 1:
-        parts.append("The plateau cannot be judged yet: some budgets have no finished runs.")
-    ranks = {e: ranking(results[e]) for e in done}
-    verdicts = {e: {(c.level, c.other): c.verdict for c in results[e]["comparisons"]}
-                for e in done}
+    measured = [(strategy, float(m)) for strategy, m in moved if m]
+    far = [(strategy, g) for strategy, g in measured if abs(g) > PLATEAU_POINTS]
+    before = budgets[-2] if len(budgets) > 1 else None
+    if far:
+        gains = ", ".join(f"{strategy} {g:+.2f}" for strategy, g in far)
+        parts.append(f"Not yet at the plateau: from {before} to {top} epochs {gains} points "
+                     f"(more than {PLATEAU_POINTS}), so the verdict is on networks still "
+                     f"improving" + ("" if len(measured) == len(moved) else
+                                     f" ({len(moved) - len(measured)} of {len(moved)} "
+                                     f"models not yet measured at both budgets)") + ".")
+    elif measured and len(measured) == len(moved):
+        parts.append(f"Every strategy's mean moved by at most {PLATEAU_POINTS} points from "
+                     f"{before} to {top} epochs: the verdict is on networks near their "
+                     f"plateau.")
+    elif before is not None:
+        parts.append(f"The plateau cannot be judged yet: not every strategy has finished "
+                     f"runs at {before} and {top} epochs.")
     if len(done) > 1:
-        orders = {e: " > ".join(r) for e, r in ranks.items()}
-        if len(set(orders.values())) == 1:
-            parts.append(f"The ranking is the same at every budget ({orders[done[0]]}).")
-        else:
-            parts.append("The ranking changes with the budget: " + "; ".join(
-                f"{e} epochs: {o}" for e, o in orders.items()) + ".")
-        pairs = sorted({k for v in verdicts.values() for k in v})
-        shifted = [f"compound vs {other} at {level}: " + ", ".join(
-            f"{verdicts[e].get((level, other), 'not run')} at {e}" for e in done)
-            for level, other in pairs
-            if len({verdicts[e].get((level, other)) for e in done}) > 1]
-        if shifted:
-            parts.append("The Holm-corrected verdicts depend on the budget: "
-                         + "; ".join(shifted) + ".")
-        else:
-            parts.append("The Holm-corrected verdicts are the same at every budget.")
+        parts += _stability(results, done)
     return " ".join(parts)
+
+
+def _stability(results: dict[int, dict], done: list[int]) -> list[str]:
+    """Whether the ranking and the Holm-corrected verdicts hold across the budgets, judged only
+    on what every compared budget has: the strategies finished at all of them, the
+    comparisons tested at more than one."""
+    common = set.intersection(*(set(ranking(results[e])) for e in done))
+    orders = {e: " > ".join(r for r in ranking(results[e]) if r in common) for e in done}
+    out = []
+    if len(common) < 2:
+        out.append("No two strategies are finished at every budget yet: the ranking across "
+                   "budgets cannot be compared.")
+    elif len(set(orders.values())) == 1:
+        out.append(f"The ranking is the same at every budget ({orders[done[0]]}).")
+    else:
+        out.append("The ranking changes with the budget: " + "; ".join(
+            f"{e} epochs: {o}" for e, o in orders.items()) + ".")
+    if len(common) < len(set().union(*(ranking(results[e]) for e in done))):
+        out[-1] = out[-1][:-1] + " (among the strategies finished at every budget)."
+    verdicts = {e: {(c.level, c.other): c.verdict for c in results[e]["comparisons"]
+                    if c.verdict != "untested"} for e in done}
+    pairs = sorted({k for v in verdicts.values() for k in v})
+    tested = [(pair, [e for e in done if pair in verdicts[e]]) for pair in pairs]
+    tested = [(pair, budgets) for pair, budgets in tested if len(budgets) > 1]
+    shifted = [f"compound vs {other} at {level}: " + ", ".join(
+        f"{verdicts[e][(level, other)]} at {e}" for e in budgets)
+        for (level, other), budgets in tested
+        if len({verdicts[e][(level, other)] for e in budgets}) > 1]
+    if shifted:
+        out.append("The Holm-corrected verdicts depend on the budget: " + "; ".join(shifted)
+                   + ".")
+    elif tested:
+        out.append("The Holm-corrected verdicts are the same at every budget where they were "
+                   "tested.")
+    return out
 
 
 def series(results: dict[int, dict]) -> dict:
@@ -157,6 +177,14 @@ def series(results: dict[int, dict]) -> dict:
                 continue
             out.setdefault(r["strategy"], []).append((epochs, r["top1_mean"], r["top1_std"]))
     return out
+
+
+def _unfinished(results: dict[int, dict]) -> str:
+    """'N of M runs of the E-epoch budget unfinished, ...', or '' when every run finished."""
+    missing = [(e, sum(r["planned"] - r["n"] for r in res["rows"]),
+                sum(r["planned"] for r in res["rows"])) for e, res in sorted(results.items())]
+    return ", ".join(f"{m} of {n} runs of the {e}-epoch budget unfinished"
+                     for e, m, n in missing if m)
 
 
 CSV_COLUMNS = ["epochs", "strategy", "level", "model", "params", "macs", "top1_mean",
@@ -181,7 +209,11 @@ def write_budget_results(study_dir: str | Path) -> dict:
     changes, comparisons = change_rows(results), comparison_rows(results)
     write_text(study_dir / "results.csv",
                render(budget_rows(results), "csv", CSV_COLUMNS) + "\n")
-    md = [f"# Results: {title}", "", "## Conclusion", "", text, ""]
+    md = [f"# Results: {title}", ""]
+    unfinished = _unfinished(results)
+    if unfinished:
+        md += [f"**Partial:** {unfinished}. Re-run the study's command to continue.", ""]
+    md += ["## Conclusion", "", text, ""]
     md += [f"![{name}](plots/{name}.png)" for name in figures] + [""]
     md += ["## Top-1 at each budget (mean ± std over seeds) and the change per budget", "",
            render(changes, "markdown") if changes else "(no rows)", "",
@@ -189,7 +221,8 @@ def write_budget_results(study_dir: str | Path) -> dict:
            "Holm-corrected within each budget)", "",
            render(comparisons, "markdown") if comparisons else "(none)", "",
            "## Ranking by mean top-1", ""]
-    md += [f"- {e} epochs: {' > '.join(ranking(res))}" for e, res in sorted(results.items())]
+    md += [f"- {e} epochs: {' > '.join(ranking(res)) or '(no finished runs)'}"
+           for e, res in sorted(results.items())]
     md += ["", "Each budget's own tables: " + ", ".join(
         f"[{name}]({name}/results.md)" for name in record["studies"].values()), ""]
     write_text(study_dir / "results.md", "\n".join(md) + "\n")
@@ -206,13 +239,10 @@ def budget_report(study_dir: str | Path, summary: dict | None = None, *, echo=pr
     record, cfg = res["record"], res["record"]["config"]
     title = (f"effscale study: {cfg['base']} on {cfg['data']} at "
              f"{', '.join(map(str, record['budgets']))} epochs")
-    missing = [(e, sum(r["planned"] - r["n"] for r in rs["rows"]))
-               for e, rs in sorted(res["results"].items())]
     s: list = [Para(res["conclusion"])]
-    if any(m for _, m in missing):
-        s.append(Note("Partial: " + ", ".join(f"{m} run(s) of the {e}-epoch budget unfinished"
-                                              for e, m in missing if m)
-                      + ". Re-run the command to continue."))
+    unfinished = _unfinished(res["results"])
+    if unfinished:
+        s.append(Note(f"Partial: {unfinished}. Re-run the study's command to continue."))
     for name, paths in res["figures"].items():
         s.append(Figure(Path(paths[0]), "Top-1 of each strategy against the training budget "
                                         "(error bars: std over seeds)"))
@@ -224,7 +254,7 @@ def budget_report(study_dir: str | Path, summary: dict | None = None, *, echo=pr
           Heading("Compound vs the other strategies at each budget"),
           Table(res["comparisons"]),
           Heading("Ranking by mean top-1"),
-          Bullets([f"{e} epochs: {' > '.join(ranking(r))}"
+          Bullets([f"{e} epochs: {' > '.join(ranking(r)) or '(no finished runs)'}"
                    for e, r in sorted(res["results"].items())]),
           Para("Each budget is a study of its own, with its own report: "
                + ", ".join(f"{name}/report.html" for name in record["studies"].values())),
