@@ -108,7 +108,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert match, dom.stdout[:500]
     total, loaded = int(match.group(1)), int(match.group(2))
     assert total == 3 and loaded == total
-    assert dom.stdout.count("<table>") >= 5 and "Compound vs single-dimension" in dom.stdout
+    assert dom.stdout.count("<table>") >= 5 and "Compound vs each other strategy" in dom.stdout
 
     # wide tables scroll inside their own box instead of being cut off or widening the page
     # (900 px: narrower than the Models table, as 1280 px is for a study with long names)

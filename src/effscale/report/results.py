@@ -254,7 +254,7 @@ def write_results(study_dir: str | Path) -> dict:
           render(display_rows(rows), "markdown"), "",
           f"## Beside the paper's Table 7 (our level {t7_level}: closest to the paper's "
           f"~{PAPER_LEVEL:.1f}x B0)", "", render(t7, "markdown") if t7 else "(no rows)", "",
-          "## Compound vs single-dimension scaling (paired over seeds)", "",
+          "## Compound vs each other strategy (paired over seeds)", "",
           render(comparison_rows(comparisons), "markdown") if comparisons else "(none)", ""]
     md += [f"- {c.level}: {c.meaning}" for c in comparisons]
     md += ["", "## Conclusion", "", text, ""]
@@ -296,7 +296,7 @@ def study_sections(study_dir: Path, *, cams: bool, images: int, echo,
                 f"{res['table7_level']} (closest to the paper's ~{PAPER_LEVEL:.1f}x B0). Compare "
                 f"the gains over the baseline, not the absolute numbers."),
           Table(res["table7"]),
-          Heading("Compound vs single-dimension scaling"),
+          Heading("Compound vs each other strategy"),
           Para("Paired over seeds: the per-seed difference compound - other, its mean, 95% "
                 "confidence interval and a two-sided paired t-test "
                 "(scipy.stats.ttest_rel). Verdicts use the Holm-Bonferroni adjusted p over all "
