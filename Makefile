@@ -4,7 +4,11 @@ PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test install install-test clean
+# What the suite reads besides Python packages: Fashion-MNIST (real data) and headless
+# Chromium (the report rendering test), from Debian.
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium
+
+.PHONY: run test install install-test system clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -24,7 +28,14 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(PY) -m effscale study --out runs/study
 
-test: install-test
+system:
+	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null || true; \
+	  apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "make test: the Fashion-MNIST and Chromium tests need Debian's $(SYSTEM_PACKAGES): sudo apt-get install $(SYSTEM_PACKAGES)"; fi
+
+test: install-test system
 	$(PY) -m pytest
 
 clean:
