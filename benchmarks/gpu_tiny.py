@@ -71,6 +71,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import effscale  # noqa: E402  (the checkout's, also when not installed)
+from throughput import write_json  # noqa: E402  (the sibling benchmark's)
 
 MODELS = {  # the Fashion-MNIST study's five
     "baseline": "b0@res=36,phi=-10",
@@ -558,19 +559,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
-
-
-def write_json(path: str | None, payload: dict) -> None:
-    if not path:
-        return
-    try:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1, default=str))
-        tmp.replace(target)
-    except OSError as exc:
-        print(f"could not write {path}: {exc}", file=sys.stderr, flush=True)
 
 
 # ---- main ------------------------------------------------------------------------------------
