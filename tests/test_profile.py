@@ -129,6 +129,7 @@ def test_profile_command_table_has_paper_column_and_conventions(run_cli):
     assert code == 0 and err == ""
     assert "paper(G)" in out and "0.39" in out and "1.8" in out
     assert "what the paper calls FLOPs" in out and "2 x MACs" in out
+    assert "activations: output elements of every conv and the FC per image" in out
 
 
 def test_profile_command_json_and_csv(run_cli):
@@ -136,9 +137,13 @@ def test_profile_command_json_and_csv(run_cli):
     rows = json.loads(out)
     assert [r["model"] for r in rows] == ["b0", "b0@phi=1"]
     assert rows[0]["params"] == profile("b0", num_classes=10).params
+    assert rows[0]["activations"] == profile("b0", num_classes=10).activations
     code, out, _ = run_cli("profile", "b1", "--format", "csv", "--resolution", "300")
     header, line = out.strip().splitlines()
     assert header.startswith("model,res,params") and line.startswith("b1,300,")
+    assert header.split(",") == ["model", "res", "params", "MACs(G)", "FLOPs(G)", "paper(G)",
+                                 "activations", "act/img(MB)"]
+    assert int(line.split(",")[6]) == profile("b1", 300).activations
 
 
 def test_profile_match_prints_all_four_strategies(run_cli):
@@ -161,3 +166,79 @@ def test_profile_bad_input_is_one_line_and_exit_2(run_cli, argv, words):
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and words in err
     assert "Traceback" not in err
+
+
+# ---- activations [fast]: conv + linear output elements per image (docs/REFERENCE.md) --------
+
+def hooked_activations(model, resolution, in_chans=3, batch=2):
+    """Sum of the output elements of every nn.Conv2d and nn.Linear on a real forward, per image."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        total += output.numel()
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.randn(batch, in_chans, resolution, resolution))
+    finally:
+        for h in handles:
+            h.remove()
+    assert total % batch == 0
+    return total // batch
+
+
+@pytest.mark.parametrize("name, kwargs, resolution", [
+    ("b0", {}, 224),
+    ("b0@phi=-4,res=64", dict(stem_stride=1), 64),
+    ("b0@phi=-4,res=64", dict(stem_stride=2), 64),
+    ("b0@d=9.29,res=36,phi=-10", dict(in_chans=1, num_classes=10), 36),
+    ("b3", {}, 300),
+])
+def test_activations_equal_conv_and_linear_outputs_of_a_forward(name, kwargs, resolution):
+    model = create_model(name, **kwargs)
+    expected = hooked_activations(model, resolution, kwargs.get("in_chans", 3))
+    assert profile(model).activations == expected
+    assert profile(name, **kwargs).activations == expected  # from the name alone, same count
+
+
+def test_activations_by_hand_on_a_two_stage_network():
+    from effscale.model.profile import count_layers
+    from effscale.model.spec import ModelSpec, StageSpec
+    spec = ModelSpec(name="tiny", width=1.0, depth=1.0, resolution=16, stem_channels=8,
+                     head_channels=32, dropout=0.0,
+                     stages=(StageSpec(1, 3, 1, 8, 8, 1), StageSpec(6, 3, 2, 8, 16, 2)))
+    # 16 px, stem stride 2 -> 8x8 maps; the strided block -> 4x4
+    stem = 8 * 8 * 8                                        # 512
+    block1 = 8 * 64 + (2 + 8) + 8 * 64                      # dw, SE (squeeze 2) 2 + 8, project
+    block2 = 48 * 64 + 48 * 16 + (2 + 48) + 16 * 16         # expand at 8x8, dw to 4x4, SE, project
+    block3 = 96 * 16 + 96 * 16 + (4 + 96) + 16 * 16         # squeeze int(16 x 0.25) = 4
+    head = 32 * 16 + 10                                     # 1x1 conv at 4x4, FC to 10 classes
+    assert stem + block1 + block2 + block3 + head == 9642
+    counts = count_layers(spec, 16, num_classes=10, stem_stride=2, in_chans=3)
+    assert counts.activations == 9642
+    assert hooked_activations(create_model(spec, num_classes=10), 16) == 9642
+
+
+# pycls MODEL_ZOO.md "acts (M)", rounded to 0.1 M (docs/REFERENCE.md, Activations [fast])
+PYCLS_ACTS = {"b0": 6.7, "b1": 10.9, "b2": 13.8, "b3": 23.8, "b5": 98.9}
+
+
+@pytest.mark.parametrize("variant", list(PYCLS_ACTS))
+def test_activations_match_pycls_model_zoo(variant):
+    assert round(profile(variant).activations / 1e6, 1) == PYCLS_ACTS[variant]
+
+
+def test_fast_scaling_grows_activations_slower_than_uniform_compound():
+    b0 = profile("b0")
+    target = 4 * b0.macs
+    fast = match_flops("b0", "fast", target, fast_alpha=0.8)
+    uniform = match_flops("b0", "fast", target, fast_alpha=0.333333)
+    assert fast.within <= 0.02 and uniform.within <= 0.02  # equal MACs
+    grow_fast = profile(fast.name).activations / b0.activations
+    grow_uniform = profile(uniform.name).activations / b0.activations
+    assert grow_fast < grow_uniform
+    # activations ~ d w r^2 = s^(1 - alpha/2): s^0.6 for dWr, s^(5/6) for dwr (up to rounding)
+    assert grow_fast == pytest.approx(4 ** 0.6, rel=0.1)
+    assert grow_uniform == pytest.approx(4 ** (5 / 6), rel=0.1)

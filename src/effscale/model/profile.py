@@ -1,9 +1,12 @@
-"""Params, MACs and training-activation memory, analytically from a spec (no model built),
-and FLOPs matching between scaling strategies.
+"""Params, MACs, activations and training-activation memory, analytically from a spec (no
+model built), and FLOPs matching between scaling strategies.
 
 Convention: MACs are multiply-accumulates of convolutions and the FC layer, which is what the
 EfficientNet paper calls FLOPs. `flops` is 2 x MACs, the convention of
-torch.utils.flop_counter. BatchNorm, activations and pooling are not counted by either.
+torch.utils.flop_counter. BatchNorm, activation functions and pooling are not counted by either.
+`activations` is Dollar, Singh & Girshick's (CVPR 2021) runtime proxy, as pycls counts it: the
+elements output by every convolution and linear layer for one image (docs/REFERENCE.md,
+"Activations [fast]"); not to be confused with `activation_bytes`, what autograd saves.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class Profile:
     activation_bytes: int  # saved-for-backward activations, whole batch, at `precision`
     batch_size: int = 1
     precision: str = "fp32"
+    # conv + linear output elements per image [fast]; last, so positional use stays valid
+    activations: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +54,8 @@ class LayerCounts:
     block_inputs: tuple[int, ...]  # each block's input (all a checkpointed block keeps)
     head_saved: int
     largest: int  # the largest single feature map (input, stem, expanded maps)
+    # output elements of every conv and linear layer (SE's 1x1 convs and the FC included) [fast]
+    activations: int = 0
 
     @property
     def saved(self) -> int:
@@ -61,6 +68,7 @@ def count_layers(spec: ModelSpec, resolution: int, num_classes: int, stem_stride
     params = 9 * in_chans * spec.stem_channels + 2 * spec.stem_channels
     macs = size * size * 9 * in_chans * spec.stem_channels
     stem = in_chans * resolution * resolution + 3 * spec.stem_channels * size * size
+    acts = spec.stem_channels * size * size
     largest = max(in_chans * resolution * resolution, spec.stem_channels * size * size)
     block_saved, block_inputs = [], []
     for b in spec.blocks():
@@ -72,6 +80,7 @@ def count_layers(spec: ModelSpec, resolution: int, num_classes: int, stem_stride
             params += b.in_channels * mid + 2 * mid
             macs += size * size * b.in_channels * mid
             saved += 3 * mid * size * size
+            acts += mid * size * size
         size = conv_out(size, b.kernel, b.stride)
         area = size * size
         params += b.kernel * b.kernel * mid + 2 * mid  # depthwise conv + BN
@@ -80,19 +89,23 @@ def count_layers(spec: ModelSpec, resolution: int, num_classes: int, stem_stride
         macs += 2 * mid * b.se_channels
         params += mid * b.out_channels + 2 * b.out_channels  # projection + BN
         macs += area * mid * b.out_channels
+        # depthwise map, SE reduce and expand on the pooled 1x1 map, projection
+        acts += mid * area + b.se_channels + mid + b.out_channels * area
         block_saved.append(saved + (3 + 1) * mid * area + 2 * b.out_channels * area)
     last = spec.stages[-1].out_channels
     head = spec.head_channels
     params += last * head + 2 * head + head * num_classes + num_classes
     macs += size * size * last * head + head * num_classes
+    acts += head * size * size + num_classes
     return LayerCounts(params, macs, stem, tuple(block_saved), tuple(block_inputs),
-                       3 * head * size * size, largest)
+                       3 * head * size * size, largest, acts)
 
 
 def profile(name_or_model, resolution: int | None = None, batch_size: int = 1, *,
             num_classes: int | None = None, stem_stride: int | None = None, in_chans: int | None = None,
             precision: str = "fp32") -> Profile:
-    """Params, MACs, FLOPs and training activation memory of a name, spec or EfficientNet."""
+    """Params, MACs, FLOPs, activations (conv + FC output elements per image) and training
+    activation memory of a name, spec or EfficientNet."""
     if isinstance(name_or_model, (str, Variant, ModelSpec)):
         spec = (name_or_model if isinstance(name_or_model, ModelSpec)
                 else model_spec(name_or_model, stem_stride=stem_stride or 2))
@@ -112,7 +125,8 @@ def profile(name_or_model, resolution: int | None = None, batch_size: int = 1, *
         raise ValueError(f"precision must be one of {sorted(BYTES)}, got {precision!r}")
     counts = count_layers(spec, resolution, num_classes, stem_stride, in_chans)
     return Profile(spec.name, resolution, counts.params, counts.macs, 2 * counts.macs,
-                   counts.saved * BYTES[precision] * batch_size, batch_size, precision)
+                   counts.saved * BYTES[precision] * batch_size, batch_size, precision,
+                   activations=counts.activations)
 
 
 def macs_of(name: str | Variant, *, stem_stride: int = 2, num_classes: int = 1000,
