@@ -20,7 +20,7 @@ from pathlib import Path
 from ..io.files import write_json
 from ..io.records import api_command, command_history, environment, load_study
 from .executors import execute
-from .plan import prepare
+from .plan import SCOPE, prepare
 from .runs import Job, failed_keys
 
 SUB = "epochs-{}"  # a budget's sub-study directory
@@ -83,4 +83,6 @@ def budget_study(config, *, command: str | None, dry_run: bool, report: bool, ec
         budget_report(out, summary, echo=echo)
     summary.update(out=str(out), failed=failed_keys(statuses),
                    wall_time_s=record["wall_time_s"])
+    if config.data in SCOPE:
+        echo(f"note: {SCOPE[config.data]}")
     return summary

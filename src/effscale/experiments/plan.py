@@ -25,6 +25,7 @@ from ..io.records import (api_command, check_same_runs, command_history, environ
 from ..model.names import FAST_ALPHA, Variant, check_fast_alpha, parse_name
 from ..model.profile import STRATEGIES, match_flops, profile
 from ..model.spec import FAMILY
+from .cost import measure_models  # noqa: F401  (re-profile a finished study)
 from .executors import check_experiment
 from .runs import Job, RunStatus, engine_config, failed_keys
 
@@ -101,6 +102,7 @@ class StudyConfig:
     preset: str | None = None
     out: str = "runs/study"
     train: dict = field(default_factory=dict)  # any other training-engine keys, passed through
+    measure: bool = True  # measure each model's cost once (experiments.cost); changes no result
 
     def as_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -403,7 +405,7 @@ def matched_plan(config: StudyConfig, num_classes: int, in_chans: int,
 
 
 def print_plan(out: Path, config: StudyConfig, models: list[PlannedModel], runs: int,
-                echo) -> None:
+               echo) -> None:
     echo(f"study {out}: {len(models)} models x {config.seeds} seeds = {runs} runs on "
          f"{config.data}, {config.epochs} epochs each")
     for m in models:
@@ -434,15 +436,13 @@ class Planned:
             except (OSError, ValueError, RuntimeError):  # not downloaded yet: the runs will
                 self.record["train_size"] = None
 
-    def finish(self, statuses: dict, seconds: float | None, *, report: bool, echo) -> dict:
-        """Record the wall time (`seconds`; None when the runs trained beside other
-        studies' in one pool), then tables, plots and the report."""
+    def finish(self, statuses: dict, seconds: float, *, report: bool, echo) -> dict:
+        """Record the wall time (`seconds` of the pool that trained the runs, added to what
+        earlier invocations took), then tables, plots and the report."""
         record, old = self.record, self.old
         if all(s is RunStatus.SKIPPED for s in statuses.values()) and old:
             # nothing trained: the results still come from the machine and time that made them
             record.update(environment=old.get("environment"), wall_time_s=old.get("wall_time_s"))
-        elif seconds is None:
-            record["wall_time_s"] = None
         else:
             record["wall_time_s"] = round((old.get("wall_time_s") or 0) + seconds, 1)
         self._count_images()
@@ -456,8 +456,6 @@ class Planned:
             from ..report.pages import report as make_report
             make_report(self.out, echo=echo, results=summary)
         summary.update(out=str(self.out), failed=failed, wall_time_s=record["wall_time_s"])
-        if self.config.data in SCOPE:
-            echo(f"note: {SCOPE[self.config.data]}")
         return summary
 
 
@@ -481,6 +479,9 @@ def prepare(config: StudyConfig, command: str | None, echo=print) -> Planned:
         "seeds": list(range(config.seeds)),
         "models": [dict(asdict(m), ratio=round(m.ratio, 4)) for m in models],
         "runs": run_entries,
+        # measured cost (experiments.cost): kept from earlier invocations, never re-measured
+        "measured": {m.model: old["measured"][m.model] for m in models
+                     if m.model in (old.get("measured") or {})},
         "commands": commands,
         "environment": environment(config.device),
         "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -26,8 +26,8 @@ from pathlib import Path
 from ..io.records import load_study
 from .budgets import SUB, budget_study, sub_config
 from .executors import execute
-from .plan import (StudyConfig, plan_models, plan_runs, prepare, resolve_config, train_config,
-                   train_set_size)
+from .plan import (SCOPE, StudyConfig, plan_models, plan_runs, prepare, resolve_config,
+                   train_config, train_set_size)
 
 
 # Training-config keys that say where and how a run was executed, not what it computed.
@@ -103,7 +103,15 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     planned.write()
     t0 = time.time()
     statuses = execute(planned.jobs, planned.config, log_dir=planned.out / "logs", echo=echo)
-    return planned.finish(statuses, time.time() - t0, report=report, echo=echo)
+    summary = planned.finish(statuses, time.time() - t0, report=report, echo=echo)
+    scope_note(config, echo)
+    return summary
+
+
+def scope_note(config: StudyConfig, echo) -> None:
+    """What a study on this dataset can show, after its results."""
+    if config.data in SCOPE:
+        echo(f"note: {SCOPE[config.data]}")
 
 
 
