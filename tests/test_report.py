@@ -23,6 +23,12 @@ def make_fake_study(root: Path, compound_gain: float, seeds: int = 3) -> Path:
     plan = study(dry_run=True, out=str(out), seeds=seeds, levels="2.5",
                  echo=lambda *a: None, command="effscale study --seeds 3")["plan"]
     out.mkdir(parents=True)
+    plan["measured"] = {m["model"]: {  # measured cost, bigger models slower
+        "train_img_s": 1e9 / m["macs"], "infer_img_s": 3e9 / m["macs"],
+        "latency_ms": m["macs"] / 1e6, "latency_p90_ms": m["macs"] / 9e5,
+        "peak_mib": m["params"] / 1e5, "batch": 64, "device": "cpu", "precision": "fp32",
+        "peak_method": "cpu: autograd saved tensors + params", "rounds": 2, "threads": 1,
+        "hardware": "cpu (test)"} for m in plan["models"]}
     (out / "study.json").write_text(json.dumps(plan))
     base_acc = {"baseline": 80.0, "depth": 82.0, "width": 82.5, "resolution": 82.2,
                 "compound": 82.0 + compound_gain}
@@ -53,7 +59,8 @@ def test_report_tables_plots_conclusion(tmp_path):
     assert "significantly better than every single-dimension strategy" in md
     assert "supports the paper's claim" in html
     assert "82.30 ± 0.30" in md  # depth: 82.0, 82.3, 82.6
-    for name in ("accuracy_vs_macs", "accuracy_vs_params", "training_curves"):
+    for name in ("accuracy_vs_macs", "accuracy_vs_params", "accuracy_vs_train_time",
+                 "accuracy_vs_latency", "training_curves"):
         assert (out / "plots" / f"{name}.png").is_file() and (out / "plots" / f"{name}.svg").is_file()
         assert f"plots/{name}.png" in md
     assert "CAM figure skipped" in md
@@ -61,7 +68,8 @@ def test_report_tables_plots_conclusion(tmp_path):
     # self-contained: no external resources at all
     assert not re.search(r"""(src|href)=["'](https?:|//)""", html)
     assert "<link" not in html and "<script" not in html
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 5
+    assert "| latency (ms, cpu) |" in md and "measured on cpu" in md
 
     # the same runs with the sign of compound's gain flipped: the conclusion flips
     other = make_fake_study(tmp_path / "flipped", compound_gain=-2.0)
@@ -107,7 +115,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     match = re.search(r'data-images="(\d+):(\d+)"', dom.stdout)
     assert match, dom.stdout[:500]
     total, loaded = int(match.group(1)), int(match.group(2))
-    assert total == 3 and loaded == total
+    assert total == 5 and loaded == total
     assert dom.stdout.count("<table>") >= 5 and "Compound vs each other strategy" in dom.stdout
 
     # wide tables scroll inside their own box instead of being cut off or widening the page

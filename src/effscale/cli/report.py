@@ -12,6 +12,12 @@ def add_parser(sub):
     p.add_argument("study_dir", help="a directory written by effscale study or effscale search")
     p.add_argument("--no-cams", action="store_true", help="skip the class-activation-map figure")
     p.add_argument("--images", type=int, default=6, help="images in the CAM figure (default 6)")
+    p.add_argument("--measure", action="store_true",
+                   help="first measure the cost (train/infer img/s, batch-1 latency, peak "
+                        "memory) of every model that has no measurement yet, on this machine, "
+                        "training nothing (a study, or every budget of one)")
+    p.add_argument("--device", help="with --measure: where to measure (default: the study's "
+                                    "device if this machine has it, else the CPU)")
     return p
 
 
@@ -19,5 +25,10 @@ def run(args) -> int:
     from ..report.pages import report
     if args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}")
+    if args.device and not args.measure:
+        raise ValueError("--device applies to --measure only")
+    if args.measure:
+        from ..experiments.cost import measure_models
+        measure_models(args.study_dir, device=args.device)
     report(args.study_dir, cams=not args.no_cams, images=args.images)
     return 0

@@ -78,6 +78,10 @@ def add_parser(sub):
     p.add_argument("--dry-run", action="store_true",
                    help="print the matched plan and exit without training")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--no-measure", action="store_true",
+                   help="do not measure each model's training and inference speed, batch-1 "
+                        "latency and peak memory (measured once per model on the study's "
+                        "device and kept in study.json; changes no result)")
     return p
 
 
@@ -117,7 +121,9 @@ def run(args) -> int:
         file_values = {k.replace("-", "_"): v for k, v in file_values.items()}
     flags = {k: getattr(args, k) for k in FLAG_KEYS}
     result = study(file_values, dry_run=args.dry_run, report=not args.no_report,
-                   command=command_line("study", args, ("config",) + FLAG_KEYS), **flags)
+                   command=command_line("study", args, ("config",) + FLAG_KEYS
+                                        + ("no_measure",)),
+                   measure=False if args.no_measure else None, **flags)
     if args.dry_run:
         return 0
     print()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..io.files import write_json
 from ..io.records import api_command, command_history, environment, load_study
+from .cost import measure_records
 from .executors import execute
 from .plan import SCOPE, prepare
 from .runs import Job, failed_keys
@@ -56,6 +57,8 @@ def budget_study(config, *, command: str | None, dry_run: bool, report: bool, ec
     if dry_run:
         return {"out": str(out), "plan": record, "studies": [p.record for p in planned],
                 "results": [], "conclusion": None, "failed": []}
+    if config.measure:  # each model once, shared by every budget
+        measure_records([p.record for p in planned], device=config.device, echo=echo)
     out.mkdir(parents=True, exist_ok=True)
     for p in planned:
         p.write()

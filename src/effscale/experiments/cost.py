@@ -89,10 +89,11 @@ def measure_records(records: list[dict], *, device: str | None = None,
 def _measure(names: list[str], record: dict, device, fallback_cpu: bool, echo) -> dict:
     from ..model.measure import measure
     cfg = record["config"]
-    dev = measure_device(device or cfg.get("device"), fallback_cpu=fallback_cpu, echo=echo)
+    requested = device or cfg.get("device")
+    dev = measure_device(requested, fallback_cpu=fallback_cpu, echo=echo)
     if dev is None:
-        echo(f"warning: no CUDA GPU here: the models' cost is not measured ({device or "
-             f"cfg.get('device')} requested)")
+        echo(f"warning: {requested} requested but no CUDA GPU here: the models' cost is not "
+             f"measured")
         return {}
     batch = cfg.get("batch_size") or DEFAULT_BATCH["cuda" if dev.startswith("cuda") else "cpu"]
     precision = cfg.get("precision") or "auto"
@@ -102,7 +103,7 @@ def _measure(names: list[str], record: dict, device, fallback_cpu: bool, echo) -
             found = measure(names, device=dev, batch=batch, num_classes=record["num_classes"],
                             in_chans=record["in_chans"], stem_stride=cfg["stem_stride"],
                             rounds=ROUNDS, warmup=WARMUP, precision=precision)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # an extra: it never stops a study
         echo(f"warning: the models' cost is not measured: {exc}")
         return {}
     hardware = environment(dev)["device"]

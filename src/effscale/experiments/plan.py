@@ -25,7 +25,6 @@ from ..io.records import (api_command, check_same_runs, command_history, environ
 from ..model.names import FAST_ALPHA, Variant, check_fast_alpha, parse_name
 from ..model.profile import STRATEGIES, match_flops, profile
 from ..model.spec import FAMILY
-from .cost import measure_models  # noqa: F401  (re-profile a finished study)
 from .executors import check_experiment
 from .runs import Job, RunStatus, engine_config, failed_keys
 

@@ -25,11 +25,14 @@ from pathlib import Path
 
 from ..io.records import load_study
 from .budgets import SUB, budget_study, sub_config
+from .cost import measure_records
 from .executors import execute
 from .plan import (SCOPE, StudyConfig, plan_models, plan_runs, prepare, resolve_config,
                    train_config, train_set_size)
 
 
+# Study-config keys that change no run: where the study is, and whether it measures cost.
+_NEUTRAL = frozenset({"out", "measure"})
 # Training-config keys that say where and how a run was executed, not what it computed.
 _WHERE = frozenset({"out", "resume", "quiet", "device", "data_dir", "workers",
                     "checkpoint_minutes", "checkpoint_steps", "memory_budget"})
@@ -100,6 +103,8 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     if dry_run:
         return {"out": str(planned.out), "plan": planned.record, "results": [],
                 "conclusion": None, "failed": []}
+    if planned.config.measure:  # once per model: a re-run finds them in study.json
+        measure_records([planned.record], device=planned.config.device, echo=echo)
     planned.write()
     t0 = time.time()
     statuses = execute(planned.jobs, planned.config, log_dir=planned.out / "logs", echo=echo)
@@ -131,6 +136,6 @@ def budget_differences(study_dir: Path, record: dict) -> list[str]:
         then = load_study(sub)["config"]
         now = sub_config(config, epochs).as_dict()
         out += [f"{sub.name}: {k} was {then.get(k)!r}, now {now[k]!r}"
-                for k in now if k != "out" and then.get(k) != now[k]]
+                for k in now if k not in _NEUTRAL and then.get(k) != now[k]]
         out += [f"{sub.name}: {line}" for line in plan_differences(sub)]
     return out

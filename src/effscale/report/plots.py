@@ -44,12 +44,14 @@ def _save(fig, stem: Path) -> list[Path]:
 
 
 def _series(rows: list[dict], x_key: str):
-    """Per strategy: points sorted by x. The baseline starts every curve, as in the paper's
-    Figure 8, where each scaling curve grows out of B0."""
-    base = [r for r in rows if r["strategy"] == "baseline" and r.get("top1_mean") is not None]
+    """Per strategy: points sorted by x (rows without a top-1 or an x are left out). The
+    baseline starts every curve, as in the paper's Figure 8, where each scaling curve grows
+    out of B0."""
+    rows = [r for r in rows if r.get("top1_mean") is not None and r.get(x_key) is not None]
+    base = [r for r in rows if r["strategy"] == "baseline"]
     series = {}
     for strategy in STYLE:
-        pts = [r for r in rows if r["strategy"] == strategy and r.get("top1_mean") is not None]
+        pts = [r for r in rows if r["strategy"] == strategy]
         if strategy != "baseline":
             if not pts:
                 continue
@@ -61,7 +63,8 @@ def _series(rows: list[dict], x_key: str):
 
 def accuracy_vs(rows: list[dict], x_key: str, stem: Path, *, xlabel: str, scale: float,
                 title: str) -> list[Path]:
-    """Top-1 (mean over seeds, error bar = std) against MACs or params, one line per strategy."""
+    """Top-1 (mean over seeds, error bar = std) against rows[x_key] / scale (MACs, params,
+    training time per run, batch-1 latency), one line per strategy."""
     fig = _figure()
     ax = fig.add_subplot()
     for strategy, pts in _series(rows, x_key).items():

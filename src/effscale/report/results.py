@@ -54,7 +54,9 @@ def model_rows(plan: dict, runs: dict[str, dict], metric: str = "final_top1") ->
 
     `runs` maps run key -> read_run(); only finished runs count."""
     rows = []
+    measured = plan.get("measured") or {}
     for m in plan["models"]:
+        cost = measured.get(m["model"]) or {}
         keys = [k for k, r in plan["runs"].items()
                 if r["strategy"] == m["strategy"] and r["level"] == m["level"]]
         done = {plan["runs"][k]["seed"]: runs[k]["summary"] for k in keys
@@ -72,6 +74,8 @@ def model_rows(plan: dict, runs: dict[str, dict], metric: str = "final_top1") ->
             "best_top1_mean": _round(_mean(_num(v.get("best_top1")) for v in done.values())),
             "best_epoch": _round(_mean(_num(v.get("best_epoch")) for v in done.values()), 1),
             "wall_time_s": _round(_mean(_num(v.get("wall_time_s")) for v in done.values()), 1),
+            "train_img_s": cost.get("train_img_s"), "latency_ms": cost.get("latency_ms"),
+            "peak_mib": cost.get("peak_mib"), "measure_device": cost.get("device"),
             "per_seed": top1,
         })
     return rows
@@ -86,9 +90,22 @@ def _macs_unit(rows) -> tuple[str, float]:
     return ("G", 1e9) if biggest >= 1e9 else ("M", 1e6)
 
 
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else spec.format(value)
+
+
+def measure_label(rows: list[dict]) -> str:
+    """The device the rows' cost was measured on ("cpu", "cuda"), or "" when none was
+    measured; "mixed" when they differ (each row's CSV column says which)."""
+    devices = {r["measure_device"] for r in rows if r.get("measure_device")}
+    return "" if not devices else devices.pop() if len(devices) == 1 else "mixed"
+
+
 def display_rows(rows: list[dict]) -> list[dict]:
-    """The results table as people read it (Markdown / HTML)."""
+    """The results table as people read it (Markdown / HTML); the measured columns name the
+    device they were measured on."""
     unit, scale = _macs_unit(rows)
+    on = f", {measure_label(rows)}" if measure_label(rows) else ""
     return [{
         "strategy": r["strategy"], "level": r["level"], "model": r["model"],
         "d": f"{r['d']:.3g}", "w": f"{r['w']:.3g}", "r": f"{r['r']:.3g}", "res": r["res"],
@@ -98,12 +115,16 @@ def display_rows(rows: list[dict]) -> list[dict]:
         "n": f"{r['n']}/{r['planned']}",
         "best epoch": "" if r["best_epoch"] is None else f"{r['best_epoch']:g}",
         "wall time (s)": "" if r["wall_time_s"] is None else f"{r['wall_time_s']:.0f}",
+        f"train (img/s{on})": _fmt(r["train_img_s"], "{:.0f}"),
+        f"latency (ms{on})": _fmt(r["latency_ms"], "{:.2f}"),
+        f"peak (MiB{on})": _fmt(r["peak_mib"], "{:.1f}"),
     } for r in rows]
 
 
 CSV_COLUMNS = ["strategy", "level", "model", "d", "w", "r", "res", "params", "macs",
                "target_macs", "ratio", "top1_mean", "top1_std", "n", "best_top1_mean",
-               "best_epoch", "wall_time_s"]
+               "best_epoch", "wall_time_s", "train_img_s", "latency_ms", "peak_mib",
+               "measure_device"]
 
 
 def table7_rows(rows: list[dict], data: str = "ours") -> tuple[list[dict], str | None]:
@@ -220,9 +241,63 @@ def _read_all(study_dir: Path, plan: dict) -> dict[str, dict]:
     return {key: read_run(study_dir / "runs" / key) for key in plan["runs"]}
 
 
+def cost_note(plan: dict) -> str:
+    """What the measured columns are and where they were measured (or that they were not)."""
+    measured = list((plan.get("measured") or {}).values())
+    if not measured:
+        return ("Cost not measured: `effscale report DIR --measure` (or the study's command "
+                "again) measures it without training.")
+    where = sorted({f"{m.get('hardware') or m['device']} ({m['device']}, batch {m['batch']}, "
+                    f"{m['precision']}" + (f", {m['threads']} thread" if m.get("threads") else "")
+                    + ")" for m in measured})
+    trained = (plan.get("environment") or {}).get("device")
+    text = (f"Measured cost, once per model (effscale.model.measure, medians of "
+            f"{measured[0].get('rounds', '?')} interleaved rounds): training and batch-1 "
+            f"latency on {'; '.join(where)}; peak memory of one training step by "
+            f"{measured[0]['peak_method']}. Wall time: each run's own training time on the "
+            f"machine that trained it ({trained or 'unknown'}), mean over seeds.")
+    if trained and any(m.get("hardware") != trained for m in measured):
+        text += (" The cost was measured on another device than the one that trained the "
+                 "runs: compare the models with each other, not with the wall time.")
+    return text
+
+
+def _time_unit(rows) -> tuple[str, float]:
+    longest = max((r["wall_time_s"] or 0 for r in rows), default=0)
+    return ("min", 60.0) if longest >= 600 else ("s", 1.0)
+
+
+def _figures(rows: list[dict], curve_data: dict, plot_dir: Path, title: str) -> dict:
+    """{name: [png, svg]}: top-1 against MACs, parameters, each run's measured training time
+    and the measured batch-1 latency (each drawn from the rows that have its x), and the
+    training curves."""
+    from . import plots
+    figures = {}
+
+    def against(name, key, xlabel, scale, heading):
+        if any(r["top1_mean"] is not None and r[key] is not None for r in rows):
+            figures[name] = plots.accuracy_vs(rows, key, plot_dir / name, xlabel=xlabel,
+                                              scale=scale, title=heading)
+    unit, scale = _macs_unit(rows)
+    against("accuracy_vs_macs", "macs", f"MACs ({unit})", scale,
+            f"Scaling {title} (cf. paper Figure 8)")
+    against("accuracy_vs_params", "params", "parameters (M)", 1e6,
+            f"Top-1 vs parameters, {title}")
+    t_unit, t_scale = _time_unit(rows)
+    against("accuracy_vs_train_time", "wall_time_s",
+            f"training time per run ({t_unit}, measured, mean over seeds)", t_scale,
+            f"Top-1 vs training time, {title}")
+    against("accuracy_vs_latency", "latency_ms",
+            f"batch-1 latency (ms, measured on {measure_label(rows)})", 1.0,
+            f"Top-1 vs batch-1 latency, {title}")
+    if any(curve_data.values()):
+        figures["training_curves"] = plots.training_curves(curve_data,
+                                                           plot_dir / "training_curves")
+    return figures
+
+
 def write_results(study_dir: str | Path) -> dict:
     """results.csv, results.md and plots/ of a study directory; returns what it computed."""
-    from . import plots
     study_dir = Path(study_dir)
     plan = load_study(study_dir)
     runs = _read_all(study_dir, plan)
@@ -233,25 +308,12 @@ def write_results(study_dir: str | Path) -> dict:
     levels = list(dict.fromkeys(r["level"] for r in rows if r["strategy"] == "compound"))
     comparisons = stats.compare_all(top1, levels)
     text = stats.conclusion(comparisons)
-    unit, scale = _macs_unit(rows)
-    plot_dir = study_dir / "plots"
     title = f"{plan['config']['base']} on {plan['config']['data']}"
-    figures = {}
-    if any(r["top1_mean"] is not None for r in rows):
-        figures["accuracy_vs_macs"] = plots.accuracy_vs(
-            rows, "macs", plot_dir / "accuracy_vs_macs", xlabel=f"MACs ({unit})", scale=scale,
-            title=f"Scaling {title} (cf. paper Figure 8)")
-        figures["accuracy_vs_params"] = plots.accuracy_vs(
-            rows, "params", plot_dir / "accuracy_vs_params", xlabel="parameters (M)",
-            scale=1e6, title=f"Top-1 vs parameters, {title}")
-    curve_data = curves(plan, runs)
-    if any(curve_data.values()):
-        figures["training_curves"] = plots.training_curves(curve_data,
-                                                           plot_dir / "training_curves")
+    figures = _figures(rows, curves(plan, runs), study_dir / "plots", title)
     write_text(study_dir / "results.csv", render(rows, "csv", CSV_COLUMNS) + "\n")
     md = [f"# Results: {title}", "",
           "## Models (top-1 = final-epoch validation accuracy, mean ± std over seeds)", "",
-          render(display_rows(rows), "markdown"), "",
+          render(display_rows(rows), "markdown"), "", cost_note(plan), "",
           f"## Beside the paper's Table 7 (our level {t7_level}: closest to the paper's "
           f"~{PAPER_LEVEL:.1f}x B0)", "", render(t7, "markdown") if t7 else "(no rows)", "",
           "## Compound vs each other strategy (paired over seeds)", "",
@@ -269,6 +331,21 @@ def write_results(study_dir: str | Path) -> dict:
 
 
 # -- the report -----------------------------------------------------------------------------
+
+CAPTIONS = {
+    "accuracy_vs_macs": "Top-1 against MACs per strategy (error bars: std over seeds), the "
+                        "layout of the paper's Figure 8",
+    "accuracy_vs_params": "Top-1 against parameters",
+    "accuracy_vs_train_time": "Top-1 against the measured training time of one run (mean over "
+                              "seeds, on the machine that trained it; error bars: std of top-1 "
+                              "over seeds): what a budget of hours buys",
+    "accuracy_vs_latency": "Top-1 against the measured batch-1 inference latency (median, "
+                           "measured on {device}; error bars: std of top-1 over seeds): what "
+                           "a latency budget buys",
+    "training_curves": "Validation top-1 per epoch of every strategy, mean over seeds: a curve "
+                       "still rising at its last epoch has not reached its plateau",
+}
+
 
 def study_sections(study_dir: Path, *, cams: bool, images: int, echo,
                     results: dict | None = None) -> tuple[str, list]:
@@ -290,7 +367,7 @@ def study_sections(study_dir: Path, *, cams: bool, images: int, echo,
           Para("top-1 is the final-epoch validation accuracy, mean ± sample std over seeds; "
                 "d, w, r multiply the base's depth, width and resolution; ratio is the "
                 "model's MACs over its level's target."),
-          Table(display_rows(rows)),
+          Table(display_rows(rows)), Para(cost_note(plan)),
           Heading("Beside the paper's Table 7"),
           Para(f"Paper: ImageNet, 350 epochs. Ours: {cfg['data']}, level "
                 f"{res['table7_level']} (closest to the paper's ~{PAPER_LEVEL:.1f}x B0). Compare "
@@ -312,14 +389,9 @@ def study_sections(study_dir: Path, *, cams: bool, images: int, echo,
                     f"{PLATEAU_POINTS} points means the study's epochs reach the plateau."),
               Table(res["plateau"])]
     s.append(Heading("Plots"))
-    captions = {"accuracy_vs_macs": "Top-1 against MACs per strategy (error bars: std over "
-                                    "seeds), the layout of the paper's Figure 8",
-                "accuracy_vs_params": "Top-1 against parameters",
-                "training_curves": "Validation top-1 per epoch of every strategy, mean over "
-                                   "seeds: a curve still rising at its last epoch has not "
-                                   "reached its plateau"}
+    device = measure_label(rows)
     for name, paths in res["figures"].items():
-        s.append(Figure(Path(paths[0]), captions[name]))
+        s.append(Figure(Path(paths[0]), CAPTIONS[name].format(device=device)))
     s.append(Heading("Class activation maps"))
     s.append(_cam_section(study_dir, plan, res["runs"], images, echo) if cams else
              Note("CAM figure skipped (--no-cams)."))
