@@ -248,3 +248,18 @@ def test_paired_test_matches_scipy_and_handles_small_n():
     assert noisy.verdict == "no significant difference"
     assert "neither confirm nor refute" in stats.conclusion([noisy])
     assert stats.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5), 2)
+
+
+@pytest.mark.parametrize("train, problem", [
+    ({"flip": "no"}, "config key 'flip'"),
+    ({"lr": "0.1"}, "config key 'lr'"),
+    ({"lrr": 0.1}, "unknown config key"),
+    ({"overwrite": True}, "set per run"),
+])
+def test_a_bad_train_section_is_refused_when_planned(run_cli, tmp_path, train, problem):
+    """Refused by a dry run, before any run trains (and fails) on it."""
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"train": train}))
+    code, out, err = run_cli("study", "--config", path, "--dry-run")
+    assert code == 2 and problem in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1

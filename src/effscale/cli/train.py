@@ -21,7 +21,8 @@ def add_parser(sub):
     from ..train.config import Config
     p = sub.add_parser("train", help="train a model and write a run directory",
                        description="Train a model; flags override --config, which overrides "
-                                   "the recipe. Re-run with --resume to continue a run.")
+                                   "the recipe. Re-run with --resume to continue a run; "
+                                   "--overwrite replaces what --out holds.")
     p.add_argument("--config", dest="config_file", default=None,
                    help="JSON or TOML file of config keys")
     for f in fields(Config):  # one flag per config key: the list cannot drift from the config

@@ -29,7 +29,21 @@ def check_experiment(config) -> None:
         raise ValueError(f"stem_stride must be 1 or 2, got {config.stem_stride}")
     if config.data not in BUILTIN and not config.data.startswith("imagefolder:"):
         raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)}")
+    check_train_section(config.train)
     check_executor(config)
+
+
+def check_train_section(train) -> None:
+    """The training keys an experiment passes to every run: known and of their types when the
+    experiment is planned (a dry run too), not when every run fails on them."""
+    if not isinstance(train, dict):
+        raise ValueError(f"train must be a table of training keys, got {type(train).__name__}")
+    per_run = sorted(set(train) & {"out", "resume", "overwrite"})
+    if per_run:
+        raise ValueError(f"train section: {per_run[0]!r} is set per run by the experiment; "
+                         f"remove it")
+    from ..train.config import make_config
+    make_config(train)
 
 
 def check_executor(config) -> None:

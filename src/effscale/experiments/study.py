@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..io.records import load_study
+from ..train.config import RUNTIME_FIELDS
 from .budgets import SUB, budget_study, sub_config
 from .cost import measure_records
 from .executors import execute
@@ -33,9 +34,6 @@ from .plan import (SCOPE, StudyConfig, plan_models, plan_runs, prepare, resolve_
 
 # Study-config keys that change no run: where the study is, and whether it measures cost.
 _NEUTRAL = frozenset({"out", "measure"})
-# Training-config keys that say where and how a run was executed, not what it computed.
-_WHERE = frozenset({"out", "resume", "quiet", "device", "data_dir", "workers",
-                    "checkpoint_minutes", "checkpoint_steps", "memory_budget"})
 
 
 def plan_differences(study_dir: str | Path) -> list[str]:
@@ -83,7 +81,7 @@ def plan_differences(study_dir: str | Path) -> list[str]:
 
 def _config_differences(key: str, then: dict, now: dict) -> list[str]:
     return [f"{key}: {k} was {then.get(k)!r}, now {now.get(k)!r}"
-            for k in sorted((set(then) | set(now)) - _WHERE) if then.get(k) != now.get(k)]
+            for k in sorted((set(then) | set(now)) - RUNTIME_FIELDS) if then.get(k) != now.get(k)]
 
 
 def study(config: StudyConfig | dict | None = None, *, command: str | None = None,

@@ -3,12 +3,16 @@ filling the recipe's values and checking every value before anything is loaded."
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import numbers
 import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+
+import numpy as np
 
 from ..model.memory import parse_bytes
 from ..model.names import model_spec
@@ -19,10 +23,13 @@ from .recipes import OPTIMIZERS, RECIPE_FIELDS, RECIPES, SCHEDULES, fit_batch, g
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def flag(default, help: str | None = None, *, choices: tuple | None = None):
-    """A Config field that is also an `effscale train` flag: its help text and, for the
-    enumerations, the values it may take (listed in the CLI's help; `_check` enforces them)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def flag(default, help: str | None = None, *, choices: tuple | None = None,
+         range: str | None = None):
+    """A Config field that is also an `effscale train` flag: its help text, for the
+    enumerations the values it may take (listed in the CLI's help) and for numbers the range
+    they must lie in: "[0, 1)", "[0, 1]", ">= 0", "> 0" (`_check` enforces both). The field's
+    annotation is its type (`check_types` enforces it, whatever the source of the value)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": range})
 
 
 @dataclass(frozen=True)
@@ -38,53 +45,59 @@ class Config:
     recipe: str = flag("fast",
                        'the training recipe (default fast; train/recipes.py)',
                        choices=tuple(RECIPES))
-    seed: int = flag(0, 'random seed (default 0)')
+    seed: int = flag(0, 'random seed (default 0)', range=">= 0")
     stem_stride: int = flag(2, "1 keeps small images' resolution through the stem (default 2)")
-    in_chans: int | None = flag(None, "model input channels (default: the data's)")
+    in_chans: int | None = flag(None, "model input channels (default: the data's)",
+                                range=">= 1")
     pretrained: str | None = flag(None, 'fine-tune from this model file or weights file')
-    subset: int | None = flag(None, 'train on this many images only')
-    val_subset: int | None = flag(None, 'validate on this many images only')
+    subset: int | None = flag(None, 'train on this many images only', range=">= 1")
+    val_subset: int | None = flag(None, 'validate on this many images only', range=">= 1")
     # recipe values (see recipes.py); None: take the recipe's
-    epochs: int | None = flag(None, "epochs (default: the recipe's)")
+    epochs: int | None = flag(None, "epochs (default: the recipe's)", range=">= 1")
     batch_size: int | None = flag(None,
                                   'global batch size over all ranks and micro-batches (default: '
                                   "the recipe's, halved for small data; see "
-                                  '--min-steps-per-epoch)')
-    lr: float | None = flag(None, 'peak learning rate (default: lr-per-256 x batch / 256)')
-    lr_per_256: float | None = flag(None, 'peak learning rate per 256 images')
+                                  '--min-steps-per-epoch)', range=">= 1")
+    lr: float | None = flag(None, 'peak learning rate (default: lr-per-256 x batch / 256)',
+                            range=">= 0")
+    lr_per_256: float | None = flag(None, 'peak learning rate per 256 images', range=">= 0")
     optimizer: str | None = flag(None, "the optimizer (default: the recipe's)", choices=OPTIMIZERS)
-    momentum: float | None = flag(None)
-    alpha: float | None = flag(None, 'RMSprop squared-gradient decay')
-    eps: float | None = flag(None)
-    weight_decay: float | None = flag(None)
+    momentum: float | None = flag(None, range="[0, 1)")
+    alpha: float | None = flag(None, 'RMSprop squared-gradient decay', range="[0, 1)")
+    eps: float | None = flag(None, range=">= 0")
+    weight_decay: float | None = flag(None, range=">= 0")
     decay_bn_bias: bool | None = flag(None, 'apply weight decay to BN weights and biases')
     schedule: str | None = flag(None,
                                 'the learning-rate schedule after warm-up',
                                 choices=SCHEDULES)
-    warmup_epochs: float | None = flag(None)
-    warmup_start: float | None = flag(None, 'warm-up starts at this x peak lr')
-    decay_rate: float | None = flag(None)
-    decay_epochs: float | None = flag(None)
-    label_smoothing: float | None = flag(None)
-    ema_decay: float | None = flag(None, 'weight EMA decay, 0 for none')
-    drop_path_rate: float | None = flag(None, 'stochastic depth rate')
+    warmup_epochs: float | None = flag(None, range=">= 0")
+    warmup_start: float | None = flag(None, 'warm-up starts at this x peak lr',
+                                      range="[0, 1]")
+    decay_rate: float | None = flag(None, range="[0, 1]")
+    decay_epochs: float | None = flag(None, range=">= 0")
+    label_smoothing: float | None = flag(None, range="[0, 1)")
+    ema_decay: float | None = flag(None, 'weight EMA decay, 0 for none', range="[0, 1)")
+    drop_path_rate: float | None = flag(None, 'stochastic depth rate', range="[0, 1)")
     autoaugment: str | None = flag(None,
                                    'an augmentation policy from torchvision',
                                    choices=AUTOAUGMENT_POLICIES)
     flip: bool | None = flag(None, 'random horizontal flips')
-    crop_padding: int | None = flag(None, 'random crop padding in native pixels')
-    cutout: int | None = flag(None, 'cutout square side in native pixels, 0 for none')
-    grad_clip: float | None = flag(None, 'max gradient norm, 0 for none')
-    pretrained_lr_scale: float | None = flag(None, 'lr multiplier when fine-tuning')
+    crop_padding: int | None = flag(None, 'random crop padding in native pixels',
+                                    range=">= 0")
+    cutout: int | None = flag(None, 'cutout square side in native pixels, 0 for none',
+                              range=">= 0")
+    grad_clip: float | None = flag(None, 'max gradient norm, 0 for none', range=">= 0")
+    pretrained_lr_scale: float | None = flag(None, 'lr multiplier when fine-tuning',
+                                             range=">= 0")
     warmup_fraction: float | None = flag(None,
                                          "the warm-up lasts at least this fraction of the run's "
-                                         'steps')
+                                         'steps', range="[0, 1]")
     momentum_at_peak: float | None = flag(None,
                                           'momentum at the peak lr, cycled against it (fast: '
-                                          '0.85)')
+                                          '0.85)', range="[0, 1)")
     min_steps_per_epoch: int | None = flag(None,
                                            'halve the default batch until an epoch has this many '
-                                           'steps')
+                                           'steps', range=">= 0")
     zero_init: bool | None = flag(None,
                                   'residual blocks start as the identity, the classifier at 0 '
                                   '(fast: on)')
@@ -97,12 +110,17 @@ class Config:
     memory_budget: str | float | None = flag(None,
                                              'plan micro-batches for this much memory, e.g. 8GB')
     sync_bn: bool = flag(False, 'synchronise BatchNorm statistics across ranks')
-    workers: int | None = flag(None, 'data worker processes for imagefolder')
-    eval_batch_size: int = flag(256)
+    workers: int | None = flag(None, 'data worker processes for imagefolder',
+                               range=">= 0")
+    eval_batch_size: int = flag(256, range=">= 1")
     # safety and output
     resume: bool = flag(False, 'continue the run in --out')
-    checkpoint_minutes: float = flag(10.0, 'checkpoint at least this often (default 10)')
-    checkpoint_steps: int = flag(0, 'also checkpoint every N steps')
+    overwrite: bool = flag(False,
+                           'train into --out whatever it holds: replace the run there (one '
+                           'line says what), leave other files alone')
+    checkpoint_minutes: float = flag(10.0, 'checkpoint at least this often (default 10)',
+                                     range="> 0")
+    checkpoint_steps: int = flag(0, 'also checkpoint every N steps', range=">= 0")
     skip_nonfinite: bool = flag(False, 'skip steps whose loss is NaN/inf instead of stopping')
     quiet: bool = flag(False, 'no progress bar: one line per epoch')
 
@@ -110,9 +128,10 @@ class Config:
         return asdict(self)
 
 
-# fields that change how a run is executed or logged, never its numbers
-RUNTIME_FIELDS = {"resume", "quiet", "device", "workers", "checkpoint_minutes",
-                  "checkpoint_steps", "compile", "eval_batch_size", "memory_budget"}
+# fields that change how a run is executed or logged, or where, never its numbers
+RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "device", "data_dir", "workers",
+                  "checkpoint_minutes", "checkpoint_steps", "compile", "eval_batch_size",
+                  "memory_budget"}
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
@@ -136,21 +155,88 @@ def read_config_file(path: str | os.PathLike) -> dict:
 
 
 def make_config(config=None, **overrides) -> Config:
-    """Config from a Config, a dict or a config file path, then keyword overrides."""
+    """Config from a Config, a dict or a config file path, then keyword overrides; every key
+    known and every value of its field's type (`check_types`)."""
     if config is None:
         values = {}
     elif isinstance(config, Config):
         values = config.as_dict()
     elif isinstance(config, dict):
         values = dict(config)
-    else:
+    elif isinstance(config, (str, os.PathLike)):
         values = read_config_file(config)
-    values.update(overrides)
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(values) - known)
+    else:
+        raise ValueError(f"config must be a Config, a dict or a JSON/TOML file path, got "
+                         f"{_show(config)} ({type(config).__name__})")
+    unknown = sorted({k for k in [*values, *overrides] if k not in FIELD_TYPES}, key=str)
     if unknown:
-        raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
-    return Config(**values)
+        close = difflib.get_close_matches(str(unknown[0]), FIELD_TYPES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if len(unknown) == 1 and close else ""
+        raise ValueError(f"unknown config key(s): {', '.join(_show(k) for k in unknown[:5])}"
+                         f"{', ...' if len(unknown) > 5 else ''}{hint}")
+    # each source whole: a bad value in a file is refused even where a flag overrides it
+    return Config(**{**check_types(values), **check_types(overrides)})
+
+
+# -- types: one check for every source (flags, JSON/TOML files, keywords, a study's train) -------
+
+# a field's type, from its annotation: "int | None" -> ("int", "None")
+FIELD_TYPES = {f.name: tuple(part.strip() for part in str(f.type).split("|"))
+               for f in fields(Config)}
+_EXPECTED = {"bool": "true or false", "int": "an integer", "float": "a number",
+             "str": "a string"}
+_INT_LIMIT = 2 ** 63  # what torch and numpy take; beyond it nothing a run does makes sense
+
+
+def check_types(values: dict) -> dict:
+    """`values` with every value checked against its field's type; ValueError (one line
+    naming the key, the value and the type wanted) for the first that is not.
+
+    Nothing is coerced: "0.1" is not a number and "no" not a boolean (flags arrive typed
+    from argparse); a boolean is not a number; an integer is a number (lr: 1 is 1.0); None
+    only where the field allows it. NumPy scalars become the plain Python number."""
+    checked = {}
+    for key, value in values.items():
+        checked[key] = _typed(key, value, FIELD_TYPES[key])
+    return checked
+
+
+def _typed(key: str, value, kinds: tuple):
+    if value is None and "None" in kinds:
+        return None
+    is_bool = isinstance(value, (bool, np.bool_))
+    if "bool" in kinds and is_bool:
+        return bool(value)
+    if "int" in kinds and isinstance(value, numbers.Integral) and not is_bool:
+        if not -_INT_LIMIT <= value < _INT_LIMIT:
+            raise ValueError(f"config key {key!r}: {_show(value)} is out of range "
+                             f"(integers lie within +-2**63)")
+        return int(value)
+    if "float" in kinds and isinstance(value, numbers.Real) and not is_bool:
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"config key {key!r}: expected a finite number, got "
+                             f"{_show(value)} ({type(value).__name__})")
+        return int(value) if isinstance(value, numbers.Integral) else number
+    if "str" in kinds and isinstance(value, str):
+        return value
+    wanted = " or ".join(_EXPECTED[k] for k in kinds if k in _EXPECTED)
+    if "int" in kinds and "float" not in kinds and isinstance(value, float) and not is_bool:
+        wanted += " (a whole number, without a decimal point)"
+    raise ValueError(f"config key {key!r}: expected {wanted}, got {_show(value)} "
+                     f"({type(value).__name__})")
+
+
+def _show(value, limit: int = 40) -> str:
+    """A value as one short line, for messages."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def resolve(cfg: Config, train_size: int | None = None) -> Config:
@@ -158,6 +244,7 @@ def resolve(cfg: Config, train_size: int | None = None) -> Config:
 
     An unset batch size is the recipe's, fitted to the data (`fit_batch`) once `train_size`
     is known; until then it and a batch-derived lr stay None. Resolving twice is harmless."""
+    check_types(cfg.as_dict())  # a Config made directly, not through make_config
     recipe = get_recipe(cfg.recipe)
     filled = {k: getattr(recipe, k) for k in RECIPE_FIELDS
               if getattr(cfg, k) is None and k != "batch_size"}
@@ -194,40 +281,61 @@ def _need(ok: bool, message: str) -> None:
 
 
 def _check(cfg: Config) -> None:
-    _need(isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
-    _need(cfg.batch_size is None or isinstance(cfg.batch_size, int) and cfg.batch_size >= 1,
-          f"batch_size must be >= 1, got {cfg.batch_size}")
-    _need(cfg.lr is None or cfg.lr >= 0 and math.isfinite(cfg.lr), f"lr must be >= 0, got {cfg.lr}")
-    _need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
-    _need(cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose {', '.join(SCHEDULES)}")
-    _need(cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-    _need(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
-    _need(0 <= cfg.warmup_fraction <= 1, f"warmup_fraction must be in [0, 1], got {cfg.warmup_fraction}")
-    _need(cfg.momentum_at_peak is None or 0 <= cfg.momentum_at_peak < 1,
-          f"momentum_at_peak must be in [0, 1), got {cfg.momentum_at_peak}")
+    """Every value of a resolved config (typed already: `resolve` checks what it is given):
+    its field's range and choices, then the checks that need several values, the model name,
+    the memory budget and the paths."""
+    for f in fields(Config):
+        value, choices, bounds = getattr(cfg, f.name), f.metadata["choices"], f.metadata["range"]
+        if value is None:
+            continue
+        if choices and f.name not in ("data", "recipe") and value not in choices:
+            raise ValueError(f"unknown {f.name} {value!r}; choose one of {', '.join(choices)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
+        if bounds and not _within(value, bounds):
+            raise ValueError(f"{f.name} must be {'in ' if bounds[0] in '[(' else ''}{bounds}, "
+                             f"got {value}")
+    _need(cfg.out != "", "out must not be empty; give a directory")
     _need(cfg.schedule != "step" or cfg.decay_epochs > 0, "schedule 'step' needs decay_epochs > 0")
-    _need(0 <= cfg.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    _need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
-    _need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
-    _need(cfg.subset is None or cfg.subset >= 1, f"subset must be >= 1, got {cfg.subset}")
-    _need(cfg.val_subset is None or cfg.val_subset >= 1, f"val_subset must be >= 1, got {cfg.val_subset}")
     _need(cfg.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {cfg.stem_stride}")
-    _need(cfg.checkpoint_minutes > 0, f"checkpoint_minutes must be > 0, got {cfg.checkpoint_minutes}")
-    _need(cfg.checkpoint_steps >= 0, f"checkpoint_steps must be >= 0, got {cfg.checkpoint_steps}")
-    _need(cfg.workers is None or cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
-    _need(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
-    parse_bytes(cfg.memory_budget)
-    model_spec(cfg.model, stem_stride=cfg.stem_stride)  # a bad name fails before data loads
+    try:
+        parse_bytes(cfg.memory_budget)
+    except (ValueError, OverflowError) as exc:
+        if "memory_budget" in str(exc):
+            raise
+        raise ValueError(f"memory_budget {cfg.memory_budget!r} is not a size like 8GB, 512MiB "
+                         f"or 80e9") from None
+    try:
+        model_spec(cfg.model, stem_stride=cfg.stem_stride)  # a bad name fails before data loads
+    except (OverflowError, ZeroDivisionError):
+        raise ValueError(f"model {_show(cfg.model)} scales the network out of range") from None
     if cfg.pretrained and not Path(cfg.pretrained).exists():
-        raise FileNotFoundError(f"no such pretrained weights file: {cfg.pretrained}")
+        raise FileNotFoundError(f"no such pretrained weights file: {_show(cfg.pretrained, 200)}")
     if cfg.data_dir and not Path(cfg.data_dir).exists():
-        raise FileNotFoundError(f"no such data directory: {cfg.data_dir}")
+        raise FileNotFoundError(f"no such data directory: {_show(cfg.data_dir, 200)}")
+
+
+def _within(value: float, bounds: str) -> bool:
+    """Whether `value` lies in `bounds`: "[0, 1)", "(0, 1]", ">= 0", "> 0" (see `flag`)."""
+    if bounds[0] in "[(":
+        low, high = (float(x) for x in bounds[1:-1].split(","))
+        above = low <= value if bounds[0] == "[" else low < value
+        return above and (value <= high if bounds[-1] == "]" else value < high)
+    op, bound = bounds.split()
+    return value >= float(bound) if op == ">=" else value > float(bound)
 
 
 def _resumed_config(out: Path, config, overrides: dict) -> Config:
     """The saved config, with what the caller gave explicitly on top (a warning when that
     changes a value that affects the results)."""
-    saved = json.loads((out / "config.json").read_text())
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not an object of config keys")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot resume from {out / 'config.json'}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                         f"pass --overwrite instead of --resume to replace it") from None
     if config is None:
         given = {}
     elif isinstance(config, Config):

@@ -14,10 +14,18 @@ saved lives in one `RunState`. Everything a run writes lives in one run director
                        position in the data order, the metrics so far. Plain tensors and
                        containers only: torch.load(weights_only=True) reads it.
     state.prev.pt      the state before it, the fallback when state.pt cannot be read
+    state.unreadable.pt  a state.pt that could not be read on resume, set aside
     summary.json       final and best top-1 etc., status "finished"
+    tensorboard/       TensorBoard event files, when tensorboard is installed
+    .NAME.*.tmp        any of the above being written (io.files.atomic_write)
 
 state.pt is the single commit point, written atomically after the model files; metrics.csv
 is rewritten from the history inside it, so a kill at any moment leaves a consistent run.
+
+Nothing is lost (`check_out_dir`): a run starts only in a new or empty directory, continues
+its own run with resume=True, and goes anywhere else only with overwrite=True, which says in
+one line what it replaces and removes the files above first (nothing else). Log files
+(*.log: a study worker's, a shell redirect's) are allowed anywhere and never touched.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,8 +54,9 @@ from .devices import (Dist, all_gather, all_reduce_sum, autocast, broadcast, res
                       setup_distributed, teardown_distributed)
 from .evaluate import BN_IMAGES, data_device, evaluate_model, recompute_bn
 from .output import Progress, board_row, epoch_line, tensorboard_writer, write_summary
-from .state import (STATE_FILE, RunState, fresh_sums, has_state, load_latest, restore_rng,
-                    seed_everything, sync_metrics, write_metrics, caller_state_kept)
+from .state import (PREVIOUS_STATE_FILE, STATE_FILE, UNREADABLE_STATE_FILE, RunState,
+                    fresh_sums, has_state, load_latest, restore_rng, seed_everything,
+                    sync_metrics, write_metrics, caller_state_kept)
 from .steps import apply_schedule, step_with_retry
 
 if TYPE_CHECKING:
@@ -124,16 +135,129 @@ def _train(cfg: Config) -> dict:
 
 
 def saved_state(cfg: Config, dist: Dist, log) -> dict | None:
-    """The state to resume from (resume=True), or None for a fresh start."""
+    """The state to resume from (resume=True), or None for a fresh start; first, whether
+    the run may write into its directory at all (`check_out_dir`)."""
     out = Path(cfg.out)
+    if dist.main:
+        check_out_dir(cfg, log)
     if not cfg.resume:
-        if dist.main and has_state(out):
-            raise ValueError(f"{out} already holds a run; use --resume to continue it or another --out")
         return None
     saved = load_latest(out, log, set_aside=dist.main)
     if saved is None:
         log(f"resume: no state in {out}, starting from scratch")
     return saved
+
+
+# -- where a run may write -----------------------------------------------------------------------
+
+RUN_FILES = ("config.json", "metrics.csv", "last.safetensors", "best.safetensors", STATE_FILE,
+             PREVIOUS_STATE_FILE, UNREADABLE_STATE_FILE, "summary.json")
+BOARD_DIR = "tensorboard"
+_TEMP = re.compile(r"\.(?P<name>.+)\.\d+\.[0-9a-f]+\.tmp")
+
+
+def run_dir_contents(out: Path) -> tuple[list[str], list[str]]:
+    """(the entries of `out` that effscale writes in a run directory, every other entry),
+    sorted; log files and NFS's .nfs* placeholders are in neither."""
+    ours, others = [], []
+    if not out.is_dir():
+        return ours, others
+    for entry in sorted(out.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        if name.endswith(".log") or name.startswith(".nfs"):
+            continue
+        temp = _TEMP.fullmatch(name)
+        if entry.is_file() and (name in RUN_FILES or temp and temp["name"] in RUN_FILES):
+            ours.append(name)
+        elif name == BOARD_DIR and entry.is_dir() and not entry.is_symlink() and all(
+                e.is_file() and e.name.startswith("events.out.tfevents.")
+                for e in entry.iterdir()):
+            ours.append(name + "/")
+        else:
+            others.append(name + ("/" if entry.is_dir() else ""))
+    return ours, others
+
+
+def check_out_dir(cfg: Config, log) -> None:
+    """Refuse, with one line naming what is there, a run that could lose something: into a
+    directory that holds files effscale did not write, over another run without resume, a
+    finished run with resume but nothing to resume from, into / or the home directory. With
+    overwrite=True anything goes, and one log line says what the run replaces."""
+    out = Path(cfg.out)
+    if cfg.resume and cfg.overwrite:
+        raise ValueError(f"pass --resume (continue the run in {out}) or --overwrite (replace "
+                         f"it), not both")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a directory; choose another --out")
+    special = _special_dir(out)
+    if special and not cfg.overwrite:
+        raise ValueError(f"refusing to write a run into {out} ({special}); choose a new or "
+                         f"empty --out, or pass --overwrite")
+    ours, others = run_dir_contents(out)
+    finished = _finished(out)
+    if cfg.overwrite:
+        if not ours:
+            log(f"overwrite: nothing to replace in {out}")
+            return
+        what = (f"a finished run (summary.json: {finished})" if finished
+                else "a run" if has_state(out) else "run files")
+        kept = f"; {_names(others)} left alone" if others else ""
+        log(f"overwrite: replacing {what} in {out} ({_names(ours)}){kept}")
+        return
+    if others:
+        raise ValueError(f"{out} holds files effscale did not write ({_names(others)}); "
+                         f"choose an empty or new --out, or pass --overwrite")
+    if not ours:
+        return
+    if cfg.resume:
+        # without a state a run starts over; fine for one killed before its first checkpoint
+        # (config.json, model files), not over a finished run or one that lost its state
+        lost = (f"a finished run (summary.json: {finished})" if finished
+                else "a run's metrics (metrics.csv)" if "metrics.csv" in ours else None)
+        if lost and not has_state(out):
+            raise ValueError(f"{out} holds {lost} but no {STATE_FILE} to resume it from; "
+                             f"pass --overwrite to replace it")
+        return
+    what = (f"a finished run (summary.json: {finished})" if finished
+            else f"a run ({_names(ours)})" if has_state(out) else f"run files ({_names(ours)})")
+    raise ValueError(f"{out} already holds {what}; pass --resume to continue it or "
+                     f"--overwrite to replace it")
+
+
+def remove_run_files(out: Path) -> None:
+    """Remove what effscale wrote in `out` (`run_dir_contents`), nothing else."""
+    for name in run_dir_contents(out)[0]:
+        path = out / name.rstrip("/")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _special_dir(out: Path) -> str | None:
+    where = out.resolve()
+    if where == Path(where.anchor):
+        return "the filesystem root"
+    if where == Path.home().resolve():
+        return "the home directory"
+    return None
+
+
+def _finished(out: Path) -> str | None:
+    """"84.70% top-1" when `out` holds a finished run's summary.json, else None."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != "finished":
+        return None
+    top1 = summary.get("final_top1")
+    return f"{top1:.2f}% top-1" if isinstance(top1, (int, float)) else "finished"
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # -- setup ---------------------------------------------------------------------------------------
@@ -206,8 +330,11 @@ def open_run_dir(cfg: Config, dist: Dist, state: RunState, saved: dict | None, l
         state.restore(saved)
         log(f"resumed {out} at epoch {state.epoch + 1}, batch {state.batch}")
     elif dist.main:
+        if cfg.overwrite:  # as late as possible: a setup that fails leaves the old run whole
+            remove_run_files(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", cfg.as_dict())
+        # the run's config, not the command's: a copy used as --config must not overwrite
+        write_json(out / "config.json", dict(cfg.as_dict(), overwrite=False))
     if dist.main and state.history:
         sync_metrics(out / "metrics.csv", state.history)  # a kill may have left it behind state.pt
 
