@@ -40,9 +40,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from effscale import create_model
-from effscale.explain.cam import (AUTO_IMAGES, cam, candidate_layers, curve_auc,
-                                  deletion_score, insertion_curves, layer_maps, layer_sizes,
-                                  load_data_for, localise, peak_window_scores)
+from effscale.explain.cam import cam, load_data_for, localise
+from effscale.explain.faithfulness import (curve_auc, deletion_score, insertion_curves,
+                                           peak_window_scores)
+from effscale.explain.gradcam import layer_maps
+from effscale.explain.layers import AUTO_IMAGES, candidate_layers, layer_sizes
 from effscale.io.checkpoint import load_model_file
 from effscale.data import Data, DatasetInfo, TensorSplit, load_data, make_loader
 from effscale.data.splits import IMAGENET_MEAN, IMAGENET_STD

@@ -14,10 +14,12 @@ from PIL import Image
 from conftest import FASHION_DIR
 from effscale import create_model
 from effscale.data import DatasetInfo, load_data
-from effscale.explain.cam import (CamResult, LayerChoice, balanced_order, cam, candidate_layers,
-                                  choose_layer, compare_figure, curve_auc, deletion_curves,
-                                  insertion_curves, layer_sizes, load_boxes, localise, map_box,
-                                  peak_window_scores, quiet_progress)
+from effscale.explain.cam import (CamResult, LayerChoice, balanced_order, cam, compare_figure,
+                                  load_boxes, localise, map_box)
+from effscale.explain.faithfulness import (curve_auc, deletion_curves, insertion_curves,
+                                           peak_window_scores)
+from effscale.explain.gradcam import quiet_progress
+from effscale.explain.layers import candidate_layers, choose_layer, layer_sizes
 from effscale.io.checkpoint import model_meta, save_model_file
 
 # --- the two localisation tasks, shared with benchmarks/cam_localisation.py ---
@@ -240,7 +242,7 @@ def test_auto_needs_images_and_says_why(boxes_run):
 def test_layer_maps_follow_the_order_asked_for(boxes_run):
     """pytorch-grad-cam collects activations in the order the layers run: maps asked for in
     another order (auto's fusion names the best layer first) must still belong to their layer."""
-    from effscale.explain.cam import layer_maps
+    from effscale.explain.gradcam import layer_maps
     from effscale.io.checkpoint import load_model_file
     path, data, _, _ = boxes_run
     model, _ = load_model_file(path)
@@ -256,7 +258,7 @@ def test_maps_are_upsampled_over_the_pixels_their_features_are_centred_on():
     pixel s*i takes feature i's value exactly, pixels between take the linear mix, and beyond
     the last feature its value holds. pytorch-grad-cam's resize would shift all of it by
     (s-1)/2 pixels."""
-    from effscale.explain.cam import layer_strides, upsample_aligned
+    from effscale.explain.gradcam import layer_strides, upsample_aligned
     assert layer_strides(create_model("b0")) == [2, 4, 8, 16, 16, 32, 32, 32]
     assert layer_strides(create_model("b0", stem_stride=1))[:2] == [1, 2]
     cams = np.array([[[0.0, 4.0], [8.0, 12.0]]], np.float32)  # 2x2, stride 4 -> 8x8
