@@ -10,6 +10,7 @@ import warnings
 from ..explain.methods import METHODS
 from ..io.table import render
 
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
 
 def _images(text: str) -> int | None:
@@ -69,7 +70,10 @@ def add_parser(sub):
                    help="seed of the choice of images within each class and of the random "
                         "orders of the deletion test")
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
-    p.add_argument("--out", default="cams.png", help="figure path (default cams.png)")
+    p.add_argument("--out", default="cams.png",
+                   help="figure path, .png/.svg/.pdf/.jpg (default cams.png); an existing image "
+                        "there is replaced, anything else (an input, another kind of file, a "
+                        "directory) is refused")
     return p
 
 
@@ -81,6 +85,9 @@ def run(args) -> int:
     runs = [args.checkpoint] + list(args.compare)
     if args.labels and len(args.labels) != len(runs):
         raise ValueError(f"{len(args.labels)} --labels for {len(runs)} runs")
+    from ..io.files import check_output, checkpoint_inputs
+    check_output(args.out, suffixes=FIGURE_SUFFIXES, kinds=("PNG", "SVG", "PDF", "JPEG"),
+                 inputs=checkpoint_inputs([*runs, args.boxes, args.data_dir]), flag="--out")
     # a bad boxes file fails before any checkpoint or image is read
     boxes = load_boxes(args.boxes) if args.boxes else None
     if args.images is None:  # default: 8, or every boxed image

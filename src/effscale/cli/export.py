@@ -13,7 +13,9 @@ def add_parser(sub):
                     "onnxruntime's logits against PyTorch's.")
     p.add_argument("model", metavar="NAME_OR_CHECKPOINT",
                    help="checkpoint file, run directory, or a model name such as b0 or b0@phi=1")
-    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="file to write")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx",
+                   help="file to write; an existing .onnx file there is replaced, anything "
+                        "else (an input, another kind of file, a directory) is refused")
     p.add_argument("--batch", type=int, metavar="N",
                    help="fix the batch size to N (default: a dynamic batch axis)")
     p.add_argument("--resolution", type=int, help="input size (default: the model's own)")
@@ -47,9 +49,18 @@ def _model(args):
     return model, meta
 
 
+def check_onnx_path(args) -> None:
+    """--onnx must not be an input (the checkpoint, a run directory's model files, --weights)
+    nor an existing file of another kind; an old .onnx may be replaced."""
+    from ..io.files import check_output, checkpoint_inputs
+    inputs = checkpoint_inputs([args.model, args.weights])
+    check_output(args.onnx, suffixes=(".onnx",), kinds=(None,), inputs=inputs, flag="--onnx")
+
+
 def run(args) -> int:
     from ..io.export import export_onnx
 
+    check_onnx_path(args)
     try:
         model, meta = _model(args)
         result = export_onnx(model, args.onnx, batch=args.batch, resolution=args.resolution,

@@ -9,8 +9,10 @@ import os
 import sys
 
 from ..experiments.ray_executor import MissingExtra
+from ..io.lock import Stopped, waiting
 
 COMMANDS = ("profile", "train", "evaluate", "study", "search", "cam", "report", "export")
+LOCKING = ("train", "study", "search")  # commands that lock their directory: --wait
 
 
 class UsageError(Exception):
@@ -27,14 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         module = importlib.import_module(f"effscale.cli.{name}")
-        module.add_parser(sub).set_defaults(handler=module.run)
+        p = module.add_parser(sub)
+        p.set_defaults(handler=module.run)
+        if name in LOCKING:
+            p.add_argument("--wait", action="store_true", default=argparse.SUPPRESS,
+                           help="when another effscale process is using the directory, wait "
+                                "for it to finish (default: refuse with one line naming it)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return int(args.handler(args) or 0)
+        with waiting(getattr(args, "wait", False)):
+            return int(args.handler(args) or 0)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -46,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `effscale ... | head`: the reader left; exit quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Stopped as exc:  # SIGTERM / SIGINT: checkpointed; says how to resume
+        print(f"effscale: {exc}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         print("effscale: interrupted", file=sys.stderr)
         return 130

@@ -1,12 +1,18 @@
 """The local executor: runs in this process, or worker processes
 (`python -m effscale.experiments.local CONFIG_JSON`): one per CPU core, or K per GPU (study
 models are tiny: one run leaves a large GPU idle; `default_runs_per_gpu` picks K from the
-memory planner)."""
+memory planner).
+
+Workers die with the process that started them (Linux: the parent-death signal, SIGTERM), so
+killing a study, even with SIGKILL, leaves no worker training behind; SIGTERM / SIGINT to the
+study is passed on to every worker. A worker stopped that way checkpoints where it is and its
+run counts as interrupted: the same command resumes it."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,8 +20,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .runs import (Job, RunStatus, failure, finished_detail, progress_line, run_cost,
+from ..io.lock import Stopped, StopSignals, signal_name
+from .runs import (Failure, Job, RunStatus, failure, finished_detail, progress_line, run_cost,
                    split_jobs)
+
+PARENT_ENV = "EFFSCALE_PARENT_PID"  # a worker's parent: it exits at once if that one is gone
+
+
+class WorkerStopped(RuntimeError):
+    """A worker ended by a signal (SIGTERM, SIGINT, SIGKILL): its run is interrupted, not
+    failed, and resumes from its last checkpoint when the command is re-run."""
 
 
 def _cpu_count() -> int:
@@ -82,9 +96,44 @@ def run_jobs(jobs: list[Job], *, parallel: int | None = 1, device: str | None = 
     if pool.workers == 1:
         results.update(pool.one(item) for item in todo)
     else:
+        _run_pool(pool, todo, results)
+    return results
+
+
+def _run_pool(pool: "_Pool", todo: list, results: dict) -> None:
+    """The worker processes, SIGTERM / SIGINT passed on to each of them (they checkpoint and
+    stop); then `Stopped` when a signal came, after every worker has ended."""
+    signals = _ForwardSignals(pool)
+    signals.install()
+    try:
         with ThreadPoolExecutor(pool.workers) as threads:
             results.update(threads.map(pool.one, todo))
-    return results
+    finally:
+        signals.restore()
+    if signals.requested:
+        stopped = [k for k, v in results.items() if str(v).startswith("interrupted")]
+        raise Stopped(f"stopped by {signal_name(signals.requested)}: {len(stopped)} run(s) "
+                      f"interrupted, each keeps its last checkpoint; re-run the same command to "
+                      f"continue", signals.requested)
+
+
+class _ForwardSignals(StopSignals):
+    """SIGTERM / SIGINT to this process: passed on to every worker; no new worker starts."""
+
+    def __init__(self, pool: "_Pool"):
+        super().__init__()
+        self.pool = pool
+
+    def _handle(self, signum, frame):
+        if self.requested and not self.repeated():
+            return  # the same stop, delivered twice
+        now = signal.SIGKILL if self.requested else signum  # asked twice: stop them now
+        if not self.requested:
+            self.requested, self.first_at = signum, time.monotonic()
+        self.pool.stopping = self.requested
+        for proc in list(self.pool.procs):
+            if proc.poll() is None:
+                proc.send_signal(now)
 
 
 def _workers(todo: list, gpus: int, parallel: int | None, runs_per_gpu: int | None,
@@ -202,6 +251,8 @@ class _Pool:
         self.slots = list(slots)
         self.lock = threading.Lock()
         self.done, self.start = 0, time.time()
+        self.procs: set = set()   # the running worker processes (signals are passed on)
+        self.stopping = 0         # the signal that stops the pool, 0 while none came
 
     def one(self, item: tuple[Job, bool]) -> tuple[str, str]:
         """Train one run (in this process, or a worker process); (key, status)."""
@@ -212,6 +263,8 @@ class _Pool:
             status, detail = RunStatus.FINISHED, finished_detail(self._train(config, job.key))
         except KeyboardInterrupt:
             raise
+        except WorkerStopped as exc:  # resumes next time
+            status = detail = Failure(f"interrupted: {exc}")
         except Exception as exc:  # keep going: one bad run must not lose the others
             status = detail = failure(exc)
         with self.lock:
@@ -224,10 +277,12 @@ class _Pool:
         if self.workers == 1:
             from ..train.engine import train
             return train(config)
+        if self.stopping:
+            raise WorkerStopped(f"not started: stopping on {signal_name(self.stopping)}")
         with self.lock:
             gpu = take_slot(self.slots) if self.slots else None
         try:
-            return _run_worker(config, self.threads, gpu, self.log_dir, key)
+            return _run_worker(config, self.threads, gpu, self.log_dir, key, self.procs)
         finally:
             if gpu is not None:
                 with self.lock:
@@ -235,29 +290,62 @@ class _Pool:
 
 
 def _run_worker(config: dict, threads: int, gpu: int | None, log_dir: Path | None,
-                key: str) -> dict:
+                key: str, procs: set | None = None) -> dict:
+    """Train one run in a worker process (its output in LOG_DIR/KEY.log); its summary.
+    WorkerStopped when a signal ended it, RuntimeError when it failed."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               EFFSCALE_THREADS=str(threads))
+               EFFSCALE_THREADS=str(threads), **{PARENT_ENV: str(os.getpid())})
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = _visible_device(gpu)
     log_path = Path(log_dir or config["out"]) / f"{key}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    procs = set() if procs is None else procs
     with open(log_path, "a") as log:
-        proc = subprocess.run([sys.executable, "-m", "effscale.experiments.local", json.dumps(config)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
+        proc = subprocess.Popen([sys.executable, "-m", "effscale.experiments.local",
+                                 json.dumps(config)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        procs.add(proc)
+        try:
+            proc.wait()
+        finally:
+            procs.discard(proc)
+    code = proc.returncode
+    if code != 0:
         tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"worker exited with {proc.returncode}: {tail[0]} (log: {log_path})")
+        signum = -code if code < 0 else code - 128 if code in (130, 143) else 0
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+            raise WorkerStopped(f"worker stopped by {signal_name(signum)} (log: {log_path})")
+        raise RuntimeError(f"worker exited with {code}: {tail[0]} (log: {log_path})")
     return json.loads((Path(config["out"]) / "summary.json").read_text())
+
+
+def die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies (prctl PR_SET_PDEATHSIG), and exit
+    now if the parent is already gone. Set here, in the worker, rather than in a preexec_fn,
+    which is unsafe in a threaded parent (run_jobs starts workers from threads)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    parent = os.environ.get(PARENT_ENV)
+    if parent and parent.isdigit() and os.getppid() != int(parent):
+        sys.exit(128 + signal.SIGTERM)  # the study died before this worker got going
 
 
 def _worker_main(argv: list[str]) -> int:
     import torch
     torch.set_num_threads(int(os.environ.get("EFFSCALE_THREADS", "1")))
     from ..train.engine import train
-    train(json.loads(argv[0]))
+    try:
+        train(json.loads(argv[0]))
+    except Stopped as exc:  # checkpointed: one line in the log, the signal's exit status
+        print(f"effscale: {exc}", file=sys.stderr, flush=True)
+        return exc.code
     return 0
 
 
 if __name__ == "__main__":  # worker process of run_jobs
+    die_with_parent()
     sys.exit(_worker_main(sys.argv[1:]))

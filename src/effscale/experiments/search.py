@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io.files import write_json
+from ..io.lock import experiment_lock
 from ..io.records import (api_command, check_same_runs, command_history, environment,
                           load_record, search_run_key)
 from ..model.names import parse_name
@@ -144,11 +145,18 @@ def candidate_points(config: SearchConfig, num_classes: int,
 
 
 def search(config: SearchConfig | dict | None = None, *, command: str | None = None,
-           echo=print, **overrides) -> dict:
-    """Run (or resume) the grid search; returns the ranked rows and the best coefficients."""
+           echo=print, wait: bool | None = None, **overrides) -> dict:
+    """Run (or resume) the grid search; returns the ranked rows and the best coefficients.
+    The search directory is locked for the whole call: another process on it is refused
+    with one line naming it, or, with wait=True, waited for."""
     values = config.as_dict() if isinstance(config, SearchConfig) else dict(config or {})
     values.update(overrides)
     config = resolve_config(values)
+    with experiment_lock(config.out, wait=wait, log=echo):
+        return _search(config, command, echo)
+
+
+def _search(config: SearchConfig, command: str | None, echo) -> dict:
     num_classes, in_chans = dataset_shape(config.data, config.data_dir)
     grid, points = candidate_points(config, num_classes, in_chans)
     out = Path(config.out)

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..io.lock import experiment_lock
 from ..io.records import load_study
 from ..train.config import RUNTIME_FIELDS
 from .budgets import SUB, budget_study, sub_config
@@ -85,15 +86,27 @@ def _config_differences(key: str, then: dict, now: dict) -> list[str]:
 
 
 def study(config: StudyConfig | dict | None = None, *, command: str | None = None,
-          dry_run: bool = False, report: bool = True, echo=print, **overrides) -> dict:
+          dry_run: bool = False, report: bool = True, echo=print, wait: bool | None = None,
+          **overrides) -> dict:
     """Plan, train (resumably) and summarise a scaling study; returns a summary dict with
     `out`, `conclusion`, `results` (rows) and `failed` (keys of runs that failed). With
     several epochs (`epochs=(12, 24, 48)`) one sub-study per budget, reported together
-    (`experiments.budgets`)."""
+    (`experiments.budgets`).
+
+    The study directory is locked for the whole call (a dry run excepted): another process
+    on it is refused with one line naming it, or, with wait=True, waited for."""
     if isinstance(config, StudyConfig):
         config = resolve_config({k: v for k, v in config.as_dict().items()}, overrides)
     else:
         config = resolve_config(config or {}, overrides)
+    if dry_run:
+        return _study(config, command, dry_run, report, echo)
+    with experiment_lock(config.out, wait=wait, log=echo):
+        return _study(config, command, dry_run, report, echo)
+
+
+def _study(config: StudyConfig, command: str | None, dry_run: bool, report: bool,
+           echo) -> dict:
     if isinstance(config.epochs, tuple):
         return budget_study(config, command=command, dry_run=dry_run, report=report,
                             echo=echo)

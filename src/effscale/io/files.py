@@ -38,3 +38,73 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, value) -> None:
     write_text(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+# -- refusing an output path that would destroy something ------------------------------------------
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"%PDF", "PDF"),
+          (b"PK\x03\x04", "zip (a PyTorch .pt / .pth?)"), (b"\x1f\x8b", "gzip"))
+
+
+def sniff(path: str | Path) -> str | None:
+    """What a file holds, from its first bytes: 'PNG', 'JPEG', 'PDF', 'zip ...', 'gzip',
+    'safetensors', 'SVG', 'HTML', 'JSON', 'text', or None (unknown: ONNX, binary)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1:
+        return "safetensors"
+    text = head.lstrip().lower()
+    if text.startswith((b"<?xml", b"<svg")):
+        return "SVG"
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "HTML"
+    if text.startswith((b"{", b"[")):
+        return "JSON"
+    if head and b"\0" not in head and all(32 <= c or c in (9, 10, 13) for c in head[:32]):
+        return "text"
+    return None
+
+
+def check_output(path: str | Path, *, suffixes: tuple[str, ...], kinds: tuple[str | None, ...],
+                 inputs=(), flag: str, fix: str | None = None) -> None:
+    """Refuse (ValueError, one line) an output `path` that is one of the command's `inputs`
+    (files or directories), lies inside an input file's place, is a directory, or is an
+    existing file of another kind: a suffix not in `suffixes`, or content whose `sniff` is
+    not in `kinds`. An existing file of the right kind (or an empty one) may be replaced.
+    `fix` ends the message (default: choose another FLAG)."""
+    path = Path(path)
+    fix = fix or f"choose another {flag}"
+    where = path.resolve()
+    for given in inputs:
+        if given is not None and Path(given).exists() and Path(given).resolve() == where:
+            raise ValueError(f"{flag} {path} is one of this command's inputs; {fix}")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; give a file path")
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ValueError(f"{flag} {path} exists and is not a regular file; {fix}")
+    kind = sniff(path) if path.stat().st_size else "empty"
+    if kind == "empty" and path.suffix.lower() in suffixes:
+        return
+    if path.suffix.lower() not in suffixes or kind not in kinds:
+        what = kind or (f"a {path.suffix} file" if path.suffix else "an unknown file")
+        what = what if what.startswith("a") else f"a {what} file"
+        raise ValueError(f"refusing to replace {path}: it holds {what}, not the "
+                         f"{'/'.join(suffixes)} this command writes; {fix}")
+
+
+def checkpoint_inputs(paths) -> list[Path]:
+    """The files a command reads for these checkpoints: each path, and for a run directory
+    the model files in it (for `check_output`'s inputs)."""
+    out = []
+    for path in paths:
+        if path is None:
+            continue
+        out.append(Path(path))
+        if Path(path).is_dir():
+            out += [Path(path) / name for name in ("best.safetensors", "last.safetensors")]
+    return out

@@ -18,6 +18,10 @@ saved lives in one `RunState`. Everything a run writes lives in one run director
     summary.json       final and best top-1 etc., status "finished"
     tensorboard/       TensorBoard event files, when tensorboard is installed
     .NAME.*.tmp        any of the above being written (io.files.atomic_write)
+    .effscale.lock     while a process trains it (io.lock.dir_lock): a second one is refused
+
+SIGTERM or SIGINT during training (a preempted job, Ctrl-C) stops the run at the end of the
+step under way, after a checkpoint there: `Stopped`, exit status 143 / 130 from the CLI.
 
 state.pt is the single commit point, written atomically after the model files; metrics.csv
 is rewritten from the history inside it, so a kill at any moment leaves a consistent run.
@@ -30,10 +34,13 @@ one line what it replaces and removes the files above first (nothing else). Log 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import os
 import re
+import sys
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -46,6 +53,7 @@ from torch import nn
 from ..io import checkpoint as ckpt
 from .ema import ModelEma
 from ..io.files import write_json
+from ..io.lock import LOCK_FILE, Stopped, StopSignals, dir_lock, signal_name, stop_signals
 from ..model.memory import plan
 from .optim import create_optimizer
 from .build import build_model, final_map_warning
@@ -87,6 +95,7 @@ class Run:
     schedule: dict                  # apply_schedule's: lr_at keyword arguments and momentum
     meta: dict                      # what model files record besides the model
     board: Any                      # TensorBoard writer (main rank, if installed) or None
+    signals: StopSignals | None = None  # SIGTERM / SIGINT seen (train() installs it)
 
     @property
     def out(self) -> Path:
@@ -103,12 +112,30 @@ def train(config=None, **overrides) -> dict:
     `config` is a Config, a dict or a JSON/TOML file; keyword overrides win. With
     resume=True and an existing run directory the saved config is the base (overrides still
     win) and training continues exactly where state.pt left it.
+
+    The run directory is locked while it trains: another process on it is refused with one
+    line naming it, or, with wait=True, waits for it. SIGTERM / SIGINT stop the run after a
+    checkpoint at the current step (`Stopped`); the caller's signal handlers are restored.
     """
+    wait = overrides.pop("wait", None)  # None: io.lock.waiting's default (the CLI's --wait)
     with caller_state_kept():
-        return _train(run_config(config, overrides))
+        cfg = run_config(config, overrides)
+        with run_dir_lock(cfg, wait), stop_signals() as signals:
+            return _train(cfg, signals)
 
 
-def _train(cfg: Config) -> dict:
+def run_dir_lock(cfg: Config, wait: bool | None):
+    """The run directory's lock (`io.lock.dir_lock`), taken by the main rank; none where
+    check_out_dir is sure to refuse the directory (a file, / or home without overwrite)."""
+    out = Path(cfg.out)
+    main = int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+    if not main or (out.exists() and not out.is_dir()) or (
+            _special_dir(out) and not cfg.overwrite):
+        return contextlib.nullcontext()
+    return dir_lock(out, wait=wait, log=lambda m: print(m, file=sys.stderr, flush=True))
+
+
+def _train(cfg: Config, signals: StopSignals | None = None) -> dict:
     dist, device = setup_distributed(cfg.device)
     progress = Progress(dist.main, cfg.quiet)
     saved = saved_state(cfg, dist, progress.log)
@@ -118,6 +145,7 @@ def _train(cfg: Config) -> dict:
         return json.loads((Path(cfg.out) / "summary.json").read_text())
 
     run, state = setup(cfg, dist, device, progress, saved)
+    run = replace(run, signals=signals)
     # RNG last, after every setup call that might draw from it: drop-path and dropout masks
     # (and any augmentation drawn from the global RNG) continue exactly where they stopped
     if saved is not None:
@@ -129,6 +157,8 @@ def _train(cfg: Config) -> dict:
     while state.epoch < cfg.epochs:
         lr = run_epoch(run, state)
         end_epoch(run, state, lr)
+        if signals is not None and signals.agreed and state.epoch < cfg.epochs:
+            stop(run, state)  # the end of the epoch saved the state: stop there
     summary = finish(run, state)
     teardown_distributed(dist)
     return summary
@@ -158,13 +188,13 @@ _TEMP = re.compile(r"\.(?P<name>.+)\.\d+\.[0-9a-f]+\.tmp")
 
 def run_dir_contents(out: Path) -> tuple[list[str], list[str]]:
     """(the entries of `out` that effscale writes in a run directory, every other entry),
-    sorted; log files and NFS's .nfs* placeholders are in neither."""
+    sorted; log files, NFS's .nfs* placeholders and the lock file are in neither."""
     ours, others = [], []
     if not out.is_dir():
         return ours, others
     for entry in sorted(out.iterdir(), key=lambda p: p.name):
         name = entry.name
-        if name.endswith(".log") or name.startswith(".nfs"):
+        if name.endswith(".log") or name.startswith(".nfs") or name == LOCK_FILE:
             continue
         temp = _TEMP.fullmatch(name)
         if entry.is_file() and (name in RUN_FILES or temp and temp["name"] in RUN_FILES):
@@ -410,10 +440,25 @@ def run_epoch(run: Run, state: RunState) -> float:
         state.epoch_sums["images"] += images_seen
         state.epoch_sums["seconds"] += seconds
         run.progress.update(loss, images_seen / max(seconds, 1e-9))
-        if due and state.batch < run.steps_per_epoch:
-            state.save(run.out / STATE_FILE, run.dist)
+        stopping = run.signals is not None and run.signals.agreed
+        # at the end of the epoch, end_epoch checkpoints (and _train stops after it)
+        if (due or stopping) and state.batch < run.steps_per_epoch:
+            state.save(run.out / STATE_FILE, run.dist)  # the mid-epoch checkpoint
+            if stopping:
+                stop(run, state)
     run.progress.close()
     return lr
+
+
+def stop(run: Run, state: RunState) -> None:
+    """After a SIGTERM / SIGINT, with the state just saved: `Stopped`, saying how to resume."""
+    run.progress.close()
+    if run.board is not None:
+        run.board.close()
+    signum = run.signals.agreed
+    raise Stopped(f"stopped by {signal_name(signum)} at epoch {state.epoch + 1}, batch "
+                  f"{state.batch} (step {state.step}), checkpoint saved; resume with: "
+                  f"effscale train --out {run.out} --resume", signum)
 
 
 def train_step(run: Run, state: RunState, images, labels) -> tuple[float, bool]:
@@ -426,8 +471,12 @@ def train_step(run: Run, state: RunState, images, labels) -> tuple[float, bool]:
     steps = run.cfg.checkpoint_steps
     due = (time.monotonic() - state.saved_at >= 60 * run.cfg.checkpoint_minutes
            or (steps and (state.step + 1) % steps == 0))
-    # one collective per step: mean loss, and whether any rank wants a checkpoint
-    loss_sum, due = all_reduce_sum([loss.item(), float(due)], run.dist, run.device)
+    # one collective per step: mean loss, whether any rank wants a checkpoint, or to stop
+    asked = run.signals.requested if run.signals is not None else 0
+    loss_sum, due, asked = all_reduce_sum([loss.item(), float(due), float(asked)], run.dist,
+                                          run.device)
+    if asked:  # every rank stops after this same step
+        run.signals.agreed = run.signals.requested or 15  # another rank's: SIGTERM
     loss_value = loss_sum / run.dist.world_size
     if math.isfinite(loss_value):
         update_weights(run, state)
