@@ -3,6 +3,9 @@ paper's numbers; with --measure also measured throughput, latency and peak memor
 
 from __future__ import annotations
 
+import sys
+
+from ..experiments.match_cost import COSTS, ROUNDS, UNITS, Measurer, cost_search, walk
 from ..model.names import parse_name
 from ..model.profile import DIMENSIONS, match_flops, profile
 from ..model.spec import PAPER_FLOPS
@@ -31,6 +34,10 @@ def add_parser(sub):
     p.add_argument("--match", metavar="NAME",
                    help="print depth-, width-, resolution-only and compound variants of "
                         "NAME's base at NAME's MACs")
+    p.add_argument("--by", choices=COSTS,
+                   help="with --match: match on NAME's MACs (default) or its measured "
+                        "train-time, latency or memory (--device, --batch; searched from the "
+                        "MACs match along the same grid; cost_ratio says how close)")
     m = p.add_argument_group("measured cost (--measure)")
     m.add_argument("--measure", action="store_true",
                    help="also build every model and measure training and inference img/s, "
@@ -45,6 +52,7 @@ def add_parser(sub):
 def run(args) -> int:
     _check_flags(args)
     names, notes, target = _matched(args)
+    costs = _cost_matched(args, names, notes) if args.by not in (None, "macs") else {}
     if not names:
         names = [f"b{i}" for i in range(8)]
     rows = []
@@ -62,6 +70,8 @@ def run(args) -> int:
                "act/img(MB)": round(prof.activation_bytes / 2**20, 1)}
         if args.match:
             row["ratio"] = round(prof.macs / target, 4)
+        if costs:
+            row["cost_ratio"] = costs.get(name)
         rows.append(row)
     measured_note = None
     if args.measure:
@@ -82,11 +92,18 @@ def _check_flags(args) -> None:
         raise ValueError(f"--classes must be >= 1, got {args.classes}")
     if args.in_chans < 1:
         raise ValueError(f"--in-chans must be >= 1, got {args.in_chans}")
+    by = args.by not in (None, "macs")
+    if by and not args.match:
+        raise ValueError(f"--by {args.by}: only used with --match NAME")
     if not args.measure:
         given = [flag for flag, value in (("--device", args.device), ("--batch", args.batch),
-                                          ("--rounds", args.rounds)) if value is not None]
+                                          ("--rounds", args.rounds)) if value is not None
+                 and not (by and flag != "--rounds")]
         if given:
-            raise ValueError(f"{', '.join(given)}: only used with --measure")
+            raise ValueError(f"{', '.join(given)}: only used with --measure"
+                             + (" (or --match with --by)" if by else ""))
+        if args.batch is not None and args.batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {args.batch}")
         return
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
@@ -114,6 +131,32 @@ def _matched(args) -> tuple[list[str], list[str], int | None]:
                              f"({'whole blocks' if dimension == 'depth' else 'rounding'} "
                              f"allow no closer)")
     return names, notes, target
+
+
+def _cost_matched(args, names: list[str], notes: list[str]) -> dict[str, float]:
+    """Replace --match's variants in `names` by those whose measured cost (--by) is NAME's,
+    searched from the MACs matches (experiments.match_cost); {variant: measured ratio}."""
+    from ..experiments.cost import measure_device
+    device = measure_device(args.device or "cpu")
+    if device is None:
+        raise ValueError(f"--device {args.device}: no CUDA GPU here")
+    batch = args.batch or 64
+    shape = dict(stem_stride=args.stem_stride, num_classes=args.classes, in_chans=args.in_chans)
+    measurer = Measurer(args.by, device=device, batch=batch, **shape,
+                        echo=lambda line: print(line, file=sys.stderr))  # stdout: the table
+    base = parse_name(args.match).with_(phi=0.0, d=1.0, w=1.0, r=1.0, res=None, fast=1.0)
+    first = len(names) - len(DIMENSIONS)  # the MACs matches, one per dimension, come last
+    walks = {i: walk(base, dimension, names[i], args.match, **shape)
+             for i, dimension in zip(range(first, len(names)), DIMENSIONS)}
+    found = cost_search(walks, measurer)
+    for i, hit in found.items():
+        names[i] = hit.name
+    notes[:] = [n for n in notes if n.split(":")[0] not in DIMENSIONS]  # MACs notes: moot
+    notes.append(f"cost_ratio: measured {args.by} ({UNITS[args.by]}) / {args.match}'s, on "
+                 f"{device}, batch {batch}, medians of {ROUNDS} rounds (searched from the MACs "
+                 f"match along the same grid); measured ratios vary by a few percent between "
+                 f"runs")
+    return {hit.name: hit.ratio for hit in found.values()}
 
 
 def _measure(args, names: list[str], rows: list[dict]) -> str:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..experiments.executors import EXECUTORS
+from ..experiments.match_cost import COSTS
 from ..experiments.plan import PRESETS
 from ..model.profile import STRATEGIES
 
@@ -24,6 +25,21 @@ def add_executor_flags(p) -> None:
                    help="ray: CPUs reserved per run, also its torch threads (default 1)")
     p.add_argument("--gpus-per-run", type=float,
                    help="ray: GPUs reserved per run (default 1 with --device cuda, else 0)")
+
+
+def add_match_flags(p) -> None:
+    """What the models are matched on, and how close they must get."""
+    p.add_argument("--match", choices=COSTS,
+                   help="what the depth-, width-, resolution-only and fast models are matched "
+                        "on: macs (default) or the compound model's measured train-time (ms "
+                        "per training image), latency (batch 1) or memory (peak MiB of a "
+                        "training step), measured on --device at the study's batch when "
+                        "planned and recorded in study.json; with --executor ray it is "
+                        "measured on the driver, not on the workers")
+    p.add_argument("--max-mismatch", type=float,
+                   help="refuse models whose MACs (or, with --match, measured cost) miss "
+                        "their level by more than this fraction (default 0.02; measured "
+                        "ratios vary by a few percent: 0.1 suits time)")
 
 
 def add_parser(sub):
@@ -69,9 +85,7 @@ def add_parser(sub):
                         "Dollar et al.'s dWr)")
     p.add_argument("--coefficients", metavar="A,B,G",
                    help="compound coefficients alpha,beta,gamma (e.g. from effscale search)")
-    p.add_argument("--max-mismatch", type=float,
-                   help="refuse models whose MACs miss their level by more than this "
-                        "fraction (default 0.02)")
+    add_match_flags(p)
     p.add_argument("--device")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--out", help="study directory (default runs/study)")
@@ -87,8 +101,8 @@ def add_parser(sub):
 
 FLAG_KEYS = ("preset", "base", "data", "data_dir", "recipe", "levels", "phis", "strategies",
              "seeds", "epochs", "stem_stride", "subset", "val_subset", "batch_size", "lr",
-             "jobs", "runs_per_gpu", "coefficients", "fast_alpha", "max_mismatch", "device",
-             "precision", "out") + EXECUTOR_KEYS
+             "jobs", "runs_per_gpu", "coefficients", "fast_alpha", "max_mismatch", "match",
+             "device", "precision", "out") + EXECUTOR_KEYS
 
 
 def command_line(name: str, args, keys) -> str:

@@ -87,7 +87,6 @@ def measure_records(records: list[dict], *, device: str | None = None,
 
 
 def _measure(names: list[str], record: dict, device, fallback_cpu: bool, echo) -> dict:
-    from ..model.measure import measure
     cfg = record["config"]
     requested = device or cfg.get("device")
     dev = measure_device(requested, fallback_cpu=fallback_cpu, echo=echo)
@@ -96,19 +95,32 @@ def _measure(names: list[str], record: dict, device, fallback_cpu: bool, echo) -
              f"measured")
         return {}
     batch = cfg.get("batch_size") or DEFAULT_BATCH["cuda" if dev.startswith("cuda") else "cpu"]
-    precision = cfg.get("precision") or "auto"
     t0 = time.time()
     try:
-        with _threads(dev) as threads:
-            found = measure(names, device=dev, batch=batch, num_classes=record["num_classes"],
-                            in_chans=record["in_chans"], stem_stride=cfg["stem_stride"],
-                            rounds=ROUNDS, warmup=WARMUP, precision=precision)
+        found = measure_entries(names, device=dev, batch=batch,
+                                num_classes=record["num_classes"], in_chans=record["in_chans"],
+                                stem_stride=cfg["stem_stride"],
+                                precision=cfg.get("precision") or "auto")
     except (ValueError, RuntimeError) as exc:  # an extra: it never stops a study
         echo(f"warning: the models' cost is not measured: {exc}")
         return {}
-    hardware = environment(dev)["device"]
     echo(f"measured the cost of {len(names)} model{'s' if len(names) > 1 else ''} on {dev} "
          f"(batch {batch}, {ROUNDS} rounds) in {time.time() - t0:.0f}s")
+    return found
+
+
+def measure_entries(names: list[str], *, device: str, batch: int, num_classes: int,
+                    in_chans: int, stem_stride: int, precision: str = "auto",
+                    rounds: int = ROUNDS, warmup: int = WARMUP) -> dict[str, dict]:
+    """{name: the study.json entry} of `names`, measured together (interleaved) on `device`
+    (one torch thread on CPU, as a local study worker trains). Raises ValueError or
+    RuntimeError when they cannot be measured (e.g. a batch that does not fit)."""
+    from ..model.measure import measure
+    with _threads(device) as threads:
+        found = measure(names, device=device, batch=batch, num_classes=num_classes,
+                        in_chans=in_chans, stem_stride=stem_stride, rounds=rounds,
+                        warmup=warmup, precision=precision)
+    hardware = environment(device)["device"]
     return {m.name: _entry(m, threads, hardware) for m in found}
 
 

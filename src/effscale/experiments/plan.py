@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,7 +24,10 @@ from ..io.records import (api_command, check_same_runs, command_history, environ
 from ..model.names import FAST_ALPHA, Variant, check_fast_alpha, parse_name
 from ..model.profile import STRATEGIES, match_flops, profile
 from ..model.spec import FAMILY
+from .config_values import parse_coefficients, parse_epochs, parse_floats, parse_strategies
 from .executors import check_experiment
+from .match_cost import (check_match, cost_search, mismatch_line, model_entry,
+                         recorded_measurements, refusal, study_measurer, walk)
 from .runs import Job, RunStatus, engine_config, failed_keys
 
 # Per-dataset defaults: what `effscale study --data X` runs with no other flag.
@@ -102,76 +104,15 @@ class StudyConfig:
     out: str = "runs/study"
     train: dict = field(default_factory=dict)  # any other training-engine keys, passed through
     measure: bool = True  # measure each model's cost once (experiments.cost); changes no result
+    match: str = "macs"  # or a measured cost: train-time, latency, memory (match_cost)
 
     def as_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        """The record's config; `match` only when it is not macs (records before it lack it)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
+                if k != "match" or v != "macs"}
 
 
 CONFIG_KEYS = tuple(f.name for f in fields(StudyConfig))
-
-
-def parse_floats(text, what: str) -> tuple[float, ...]:
-    """'2,4' or [2, 4] -> (2.0, 4.0); one clear error otherwise."""
-    if text is None:
-        return ()
-    items = text.split(",") if isinstance(text, str) else list(text)
-    values = []
-    for item in items:
-        if isinstance(item, str) and not item.strip():
-            continue
-        try:
-            value = float(item)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what}: {item!r} is not a number") from None
-        if not math.isfinite(value):
-            raise ValueError(f"{what}: {item!r} is not finite")
-        values.append(value)
-    return tuple(values)
-
-
-def parse_epochs(value) -> int | tuple[int, ...]:
-    """12 or '12' -> 12; '12,24,48' or [12, 24, 48] -> (12, 24, 48) (sorted, no repeats):
-    several training budgets, one sub-study each."""
-    items = value.split(",") if isinstance(value, str) else (
-        list(value) if isinstance(value, (list, tuple)) else [value])
-    epochs = []
-    for item in items:
-        if isinstance(item, str) and not item.strip():
-            continue
-        if isinstance(item, bool):
-            raise ValueError(f"epochs: {item!r} is not a whole number")
-        try:
-            number = float(item)
-        except (TypeError, ValueError):
-            raise ValueError(f"epochs: {item!r} is not a whole number") from None
-        if not math.isfinite(number) or number != int(number) or number < 1:
-            raise ValueError(f"epochs must be whole numbers >= 1, got {item!r}")
-        epochs.append(int(number))
-    if not epochs:
-        raise ValueError("epochs: no value given")
-    epochs = sorted(set(epochs))
-    return epochs[0] if len(epochs) == 1 else tuple(epochs)
-
-
-def parse_strategies(text) -> tuple[str, ...]:
-    items = text.split(",") if isinstance(text, str) else list(text or ())
-    names = tuple(s.strip().lower() for s in items if str(s).strip())
-    for name in names:
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-    if not names:
-        raise ValueError(f"no strategies given; choose from {', '.join(STRATEGIES)}")
-    return tuple(s for s in STRATEGIES if s in names)  # canonical order, no duplicates
-
-
-def parse_coefficients(text) -> tuple[float, float, float] | None:
-    if text is None:
-        return None
-    values = parse_floats(text, "coefficients")
-    if len(values) != 3 or any(v <= 0 for v in values):
-        raise ValueError(f"coefficients must be three positive numbers alpha,beta,gamma, "
-                         f"got {text!r}")
-    return values
 
 
 def resolve_config(file_values: dict | None = None, flags: dict | None = None) -> StudyConfig:
@@ -231,6 +172,7 @@ def validate(config: StudyConfig) -> None:
     if not 0 < config.max_mismatch < 1:
         raise ValueError(f"max_mismatch must be in (0, 1), got {config.max_mismatch}")
     check_fast_alpha(config.fast_alpha)
+    check_match(config)
 
 
 # -- the plan (pure) ------------------------------------------------------------------------
@@ -247,6 +189,8 @@ class PlannedModel:
     d: float              # depth, width, resolution multipliers relative to the base
     w: float
     r: float
+    matched_on: str | None = None    # a measured cost (None: MACs, as the fields above)
+    cost_ratio: float | None = None  # its measured cost / the compound model's
 
     @property
     def ratio(self) -> float:
@@ -284,40 +228,45 @@ def compound_base(base: Variant, coefficients=None) -> Variant:
                    r=round(base.resolution / family.resolution, 6), alpha=a, beta=b, gamma=g)
 
 
-def plan_models(config: StudyConfig, num_classes: int, in_chans: int) -> list[PlannedModel]:
-    """Every (strategy, level) model with its MACs matched to the level's target. Pure."""
+def _planner(config: StudyConfig, num_classes: int, in_chans: int):
+    """(profile of a name, maker of a PlannedModel from a name) for one study."""
     base = parse_name(config.base)
-    cbase = compound_base(base, config.coefficients)
-    stem = config.stem_stride
 
     def prof(name):
-        return profile(name, num_classes=num_classes, stem_stride=stem, in_chans=in_chans)
-
-    def macs(name):
-        return prof(name).macs
-
-    def matched(variant, dimension, target):
-        fast = dict(fast_alpha=config.fast_alpha) if dimension == "fast" else {}
-        return match_flops(variant, dimension, target, stem_stride=stem,
-                           num_classes=num_classes, in_chans=in_chans, **fast).name
+        return profile(name, num_classes=num_classes, stem_stride=config.stem_stride,
+                       in_chans=in_chans)
 
     base_prof = prof(base)
 
-    def planned(strategy, label, name, target):
+    def planned(strategy, label, name, target, **cost):
         p = prof(name)
         v = parse_name(name)
         return PlannedModel(strategy, label, str(name), int(round(target)), p.macs, p.params,
                             p.resolution, round(v.depth / base.depth, 4),
                             round(v.width / base.width, 4),
-                            round(p.resolution / base_prof.resolution, 4))
+                            round(p.resolution / base_prof.resolution, 4), **cost)
+    return prof, planned
 
+
+def _macs_models(config: StudyConfig, num_classes: int, in_chans: int) -> list[PlannedModel]:
+    """Every (strategy, level) model with its MACs matched to the level's target. Pure."""
+    base = parse_name(config.base)
+    cbase = compound_base(base, config.coefficients)
+    prof, planned = _planner(config, num_classes, in_chans)
+
+    def matched(variant, dimension, target):
+        fast = dict(fast_alpha=config.fast_alpha) if dimension == "fast" else {}
+        return match_flops(variant, dimension, target, stem_stride=config.stem_stride,
+                           num_classes=num_classes, in_chans=in_chans, **fast).name
+
+    base_macs = prof(base).macs
     models = []
     if "baseline" in config.strategies:
-        models.append(planned("baseline", "1", str(base), base_prof.macs))
-    levels = [(level_label(x), x * base_prof.macs, None) for x in config.levels]
+        models.append(planned("baseline", "1", str(base), base_macs))
+    levels = [(level_label(x), x * base_macs, None) for x in config.levels]
     for phi in config.phis:
         name = str(cbase.with_(phi=round(cbase.phi + phi, 4)))
-        levels.append((level_label(phi, "phi"), macs(name), name))
+        levels.append((level_label(phi, "phi"), prof(name).macs, name))
     for label, target, compound_name in levels:
         for strategy in STRATEGIES[1:]:
             if strategy not in config.strategies:
@@ -330,16 +279,63 @@ def plan_models(config: StudyConfig, num_classes: int, in_chans: int) -> list[Pl
     return models
 
 
+def plan_models(config: StudyConfig, num_classes: int, in_chans: int,
+                measured: dict | None = None) -> list[PlannedModel]:
+    """Every (strategy, level) model matched to its level. Pure for a study matched on MACs;
+    one matched on a measured cost (`config.match`) measures its candidates, unless
+    `measured` holds the values its record used: then it takes the same steps with those and
+    measures nothing (`recorded_measurements`)."""
+    return plan_matched(config, num_classes, in_chans, measured, replay=measured is not None)[0]
+
+
+def plan_matched(config: StudyConfig, num_classes: int, in_chans: int,
+                 measured: dict | None = None, *, replay: bool = False, echo=print):
+    """(models, the Measurer of a cost match or None): the MACs plan, then, for a study
+    matched on a measured cost, each single-dimension and fast model re-sized to the compound
+    model's measured cost at its level (experiments.match_cost)."""
+    models = _macs_models(config, num_classes, in_chans)
+    if config.match == "macs":
+        return models, None
+    measurer = study_measurer(config, num_classes, in_chans, known=measured, replay=replay,
+                              echo=echo)
+    targets = {m.level: m.model for m in models if m.strategy == "compound"}
+    base = parse_name(config.base)
+    walks = {(m.strategy, m.level): walk(base, m.strategy, m.model, targets[m.level],
+                                         stem_stride=config.stem_stride,
+                                         num_classes=num_classes, in_chans=in_chans,
+                                         fast_alpha=config.fast_alpha)
+             for m in models if m.strategy not in ("baseline", "compound")}
+    found = cost_search(walks, measurer)
+    planned = _planner(config, num_classes, in_chans)[1]
+    out = []
+    for m in models:
+        hit = found.get((m.strategy, m.level))
+        out.append(m if hit is None else planned(
+            m.strategy, m.level, hit.name, m.target_macs, matched_on=config.match,
+            cost_ratio=hit.ratio))
+    return out, measurer
+
+
+def replan_models(config: StudyConfig, record: dict) -> list[PlannedModel]:
+    """A recorded study's models re-planned with the current code (its recorded measurements
+    re-used): what `experiments.study.plan_differences` compares with the record."""
+    return plan_models(config, record["num_classes"], record["in_chans"],
+                       measured=recorded_measurements(record))
+
+
 def plan_runs(models: list[PlannedModel], seeds: int) -> list[PlannedRun]:
     return [PlannedRun(f"{m.strategy}-L{m.level}-s{seed}", seed, m)
             for m in models for seed in range(seeds)]
 
 
 def mismatches(models: list[PlannedModel], limit: float) -> list[str]:
-    """One line per model whose MACs miss its level's target by more than `limit`."""
+    """One line per model whose MACs miss its level's target by more than `limit` (or, matched
+    on a measured cost, whose cost misses the compound model's)."""
     out = []
     for m in models:
-        if abs(m.ratio - 1) > limit:
+        if m.matched_on is not None:
+            out += [mismatch_line(m, m.matched_on)] if abs(m.cost_ratio - 1) > limit else []
+        elif abs(m.ratio - 1) > limit:
             why = "whole blocks" if m.strategy == "depth" else "channel/pixel rounding"
             out.append(f"{m.strategy} at level {m.level}: {m.model} has {m.ratio:.3f}x the "
                        f"target MACs ({(m.ratio - 1) * 100:+.1f}%; {why} allow no closer)")
@@ -353,7 +349,8 @@ def suggest_level(config: StudyConfig, level: float, num_classes: int, in_chans:
     row to every stride-32 feature map: +10% at B0/352 px), so some levels have no match."""
     for k in range(1, window + 1):
         for candidate in (round(level * (1 + k / 100), 2), round(level * (1 - k / 100), 2)):
-            trial = StudyConfig(**{**config.__dict__, "levels": (candidate,), "phis": ()})
+            trial = StudyConfig(**{**config.__dict__, "levels": (candidate,), "phis": (),
+                                   "match": "macs"})
             if not mismatches(plan_models(trial, num_classes, in_chans), config.max_mismatch):
                 return candidate
     return None
@@ -372,12 +369,13 @@ def train_set_size(config: StudyConfig) -> int:
                          subset=config.subset, val_subset=config.val_subset).train)
 
 
-def matched_plan(config: StudyConfig, num_classes: int, in_chans: int,
-                 echo=print) -> tuple[StudyConfig, list[PlannedModel]]:
-    """The plan, with every model within max_mismatch of its level, or one ValueError that
-    names a level that can be matched. The seed preset means "at about B2's MACs", so it moves
-    to the nearest level that can be matched (and says so)."""
-    models = plan_models(config, num_classes, in_chans)
+def matched_plan(config: StudyConfig, num_classes: int, in_chans: int, echo=print,
+                 known: dict | None = None):
+    """(config, models, Measurer of a cost match or None): the plan, with every model within
+    max_mismatch of its level, or one ValueError that names a level that can be matched. The
+    seed preset means "at about B2's MACs", so it moves to the nearest level that can be
+    matched (and says so). `known`: measured costs to re-use (a cost match)."""
+    models, measurer = plan_matched(config, num_classes, in_chans, known, echo=echo)
     far = mismatches(models, config.max_mismatch)
     if far and config.preset == "seed" and config.levels == (_b2_level(),):
         level = suggest_level(config, config.levels[0], num_classes, in_chans)
@@ -386,12 +384,15 @@ def matched_plan(config: StudyConfig, num_classes: int, in_chans: int,
                  f"{config.max_mismatch:.0%} ({far[0]}); using the nearest level that can: "
                  f"{level:g}x")
             config = StudyConfig(**{**config.__dict__, "levels": (level,)})
-            models = plan_models(config, num_classes, in_chans)
+            models, measurer = plan_matched(config, num_classes, in_chans, known, echo=echo)
             far = mismatches(models, config.max_mismatch)
+    cost_far = mismatches([m for m in models if m.matched_on], config.max_mismatch)
+    if cost_far:
+        raise ValueError(refusal(config.match, config.max_mismatch, cost_far))
     if far:
         hint = ""
         bad_levels = sorted(parse_level(m.level)[1] for m in models
-                            if abs(m.ratio - 1) > config.max_mismatch
+                            if abs(m.ratio - 1) > config.max_mismatch and not m.matched_on
                             and parse_level(m.level)[0] == "level")
         if bad_levels:
             level = suggest_level(config, bad_levels[0], num_classes, in_chans)
@@ -400,7 +401,7 @@ def matched_plan(config: StudyConfig, num_classes: int, in_chans: int,
         raise ValueError(f"FLOPs not matched within {config.max_mismatch:.0%}: {far[0]}"
                          + (f" (and {len(far) - 1} more)" if len(far) > 1 else "")
                          + f"; pick other levels{hint} or raise --max-mismatch")
-    return config, models
+    return config, models, measurer
 
 
 def print_plan(out: Path, config: StudyConfig, models: list[PlannedModel], runs: int,
@@ -408,8 +409,12 @@ def print_plan(out: Path, config: StudyConfig, models: list[PlannedModel], runs:
     echo(f"study {out}: {len(models)} models x {config.seeds} seeds = {runs} runs on "
          f"{config.data}, {config.epochs} epochs each")
     for m in models:
+        cost = f", {m.cost_ratio:.3f}x compound's {m.matched_on}" if m.matched_on else ""
         echo(f"  {m.strategy:>10} L{m.level:<6} {m.model:<34} {m.macs / 1e6:9.2f}M MACs "
-             f"({m.ratio:.3f}x target)  {m.params / 1e6:.2f}M params")
+             f"({m.ratio:.3f}x target{cost})  {m.params / 1e6:.2f}M params")
+    if config.match != "macs":
+        echo(f"matched on measured {config.match}: the compound model's at each level (measured "
+             f"ratios vary by a few percent between runs)")
     if config.seeds < 2:
         echo("warning: 1 seed: no error bars and no significance test are possible")
 
@@ -461,14 +466,17 @@ class Planned:
 def prepare(config: StudyConfig, command: str | None, echo=print) -> Planned:
     """The matched plan, its runs and the study record (printed, not yet written)."""
     num_classes, in_chans = dataset_shape(config.data, config.data_dir)
-    config, models = matched_plan(config, num_classes, in_chans, echo)
-    runs = plan_runs(models, config.seeds)
     out = Path(config.out)
+    old = load_study(out) if (out / "study.json").is_file() else {}
+    config, models, measurer = matched_plan(config, num_classes, in_chans, echo,
+                                            recorded_measurements(old, config.match))
+    runs = plan_runs(models, config.seeds)
     run_entries = {r.key: {"strategy": r.model.strategy, "level": r.model.level,
                            "seed": r.seed, "model": r.model.model,
                            "train": train_config(config, r)} for r in runs}
-    old = load_study(out) if (out / "study.json").is_file() else {}
     check_same_runs(old, run_entries)
+    known = {**(measurer.entries if measurer and config.measure else {}),
+             **(old.get("measured") or {})}
     commands = command_history(old, command or api_command("study", config.as_dict()))
     record = {
         "kind": "study",
@@ -476,11 +484,11 @@ def prepare(config: StudyConfig, command: str | None, echo=print) -> Planned:
         "num_classes": num_classes, "in_chans": in_chans,
         "train_size": old.get("train_size"),  # counted when written (a dry run reads no data)
         "seeds": list(range(config.seeds)),
-        "models": [dict(asdict(m), ratio=round(m.ratio, 4)) for m in models],
+        "models": [model_entry(dict(asdict(m), ratio=round(m.ratio, 4))) for m in models],
+        **({"matched": measurer.record()} if measurer else {}),
         "runs": run_entries,
-        # measured cost (experiments.cost): kept from earlier invocations, never re-measured
-        "measured": {m.model: old["measured"][m.model] for m in models
-                     if m.model in (old.get("measured") or {})},
+        # measured cost (experiments.cost; a cost match's count): kept, never re-measured
+        "measured": {m.model: known[m.model] for m in models if m.model in known},
         "commands": commands,
         "environment": environment(config.device),
         "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

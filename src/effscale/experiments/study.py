@@ -29,7 +29,7 @@ from ..train.config import RUNTIME_FIELDS
 from .budgets import SUB, budget_study, sub_config
 from .cost import measure_records
 from .executors import execute
-from .plan import (SCOPE, StudyConfig, plan_models, plan_runs, prepare, resolve_config,
+from .plan import (SCOPE, StudyConfig, plan_runs, prepare, replan_models, resolve_config,
                    train_config, train_set_size)
 
 
@@ -51,7 +51,7 @@ def plan_differences(study_dir: str | Path) -> list[str]:
     if record.get("kind") == "budgets":
         return budget_differences(study_dir, record)
     config = resolve_config(dict(record["config"], out=str(study_dir)))
-    models = plan_models(config, record["num_classes"], record["in_chans"])
+    models = replan_models(config, record)  # a cost-matched plan replays its measurements
     out = []
     now = {(m.strategy, m.level): dict(asdict(m), ratio=round(m.ratio, 4)) for m in models}
     then = {(m["strategy"], m["level"]): m for m in record["models"]}
