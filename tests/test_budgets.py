@@ -40,7 +40,7 @@ def test_cli_dry_run_plans_every_budget(run_cli, tmp_path):
 
 QUICK = {"base": "b0@phi=-6,r=0.1652", "data": "digits", "levels": "2.5",
          "strategies": "baseline,width,compound", "seeds": 2, "epochs": "1,2",
-         "subset": 160, "val_subset": 80, "jobs": 1}
+         "subset": 160, "val_subset": 80, "jobs": 1, "measure": False}
 
 
 @pytest.fixture(scope="module")

@@ -145,7 +145,7 @@ def test_a_study_on_ray_gives_the_local_results_then_skips(ray_cluster, tmp_path
     # the quick study's tiny base (16 px, stem stride 1) and its width-scaled match at 2.5x,
     # through the CLI: --executor ray only changes where the runs execute
     flags = ["--strategies", "baseline,width", "--seeds", "1", "--epochs", "1", "--subset",
-             "200", "--val-subset", "100", "--no-report"]
+             "200", "--val-subset", "100", "--no-report", "--no-measure"]
     code, out, err = run_cli("study", *flags, "--jobs", "1", "--out", tmp_path / "local")
     assert code == 0, err
     code, out, err = run_cli("study", *flags, "--executor", "ray", "--address", ray_cluster,
@@ -153,9 +153,10 @@ def test_a_study_on_ray_gives_the_local_results_then_skips(ray_cluster, tmp_path
     assert code == 0, err
     assert "training 2 runs (0 to resume) on Ray: 2 CPUs" in out and "[2/2] " in out
 
-    def table(root):  # results.csv without its one timing column
+    def table(root):  # results.csv without its timing columns (run time, measured speed)
         with open(root / "results.csv", newline="") as f:
-            return [{k: v for k, v in row.items() if k != "wall_time_s"}
+            return [{k: v for k, v in row.items()
+                     if k not in ("wall_time_s", "train_img_s", "latency_ms")}
                     for row in csv.DictReader(f)]
     assert table(tmp_path / "ray") == table(tmp_path / "local") and len(table(tmp_path / "ray")) == 2
     for run in (tmp_path / "local" / "runs").iterdir():

@@ -67,8 +67,8 @@ def test_a_changed_plan_is_caught(tmp_path):
     out = tmp_path / "study"
     study({"base": "b0@phi=-6,r=0.1652", "data": "digits", "levels": "2.5",
            "strategies": "baseline,width", "seeds": 1, "epochs": 1, "subset": 100,
-           "val_subset": 50, "jobs": 1, "out": str(out)}, dry_run=False, report=False,
-          command="test", echo=lambda *a: None)
+           "val_subset": 50, "jobs": 1, "measure": False, "out": str(out)}, dry_run=False,
+          report=False, command="test", echo=lambda *a: None)
     assert plan_differences(out) == []
     record = json.loads((out / "study.json").read_text())
     record["models"][1]["macs"] += 1

@@ -160,7 +160,8 @@ def test_runner_keeps_going_when_a_run_fails(tmp_path, monkeypatch):
 def test_quick_study_end_to_end_then_resume_trains_nothing(run_cli, tmp_path, one_thread):
     out = tmp_path / "study"
     argv = ["study", "--strategies", "baseline,width,compound", "--epochs", "1",
-            "--subset", "300", "--val-subset", "150", "--seeds", "2", "--out", out, "--jobs", "1"]
+            "--subset", "300", "--val-subset", "150", "--seeds", "2", "--out", out,
+            "--no-measure", "--jobs", "1"]  # --jobs last: the resume below changes it
     code, stdout, err = run_cli(*argv)
     assert code == 0, err + stdout
     plan = json.loads((out / "study.json").read_text())
