@@ -135,7 +135,16 @@ if [ "$(left)" -gt 60 ] && [ "$SKIP_BENCH" != "1" ]; then
   say "gpu_tiny: exit $?"
 fi
 
-# 4. the study's records: plan, configs, metrics, summaries, logs; no weights
+# 4. if time is left: does MACs or activations predict GPU training time? (BENCHMARKS.md)
+EXTRA=runs/gpu_extra; mkdir -p "$EXTRA"
+if [ "$(left)" -gt 75 ] && [ "$SKIP_BENCH" != "1" ]; then
+  timeout -k 5 $(( $(left) - 15 )) "$PY" benchmarks/cost_model.py --device cuda --batch 256 \
+    --json "$EXTRA/cost_model_gpu.json" --plot "$EXTRA/cost_model_gpu.png" >>"$LOG" 2>&1
+  say "cost model: exit $?"
+fi
+
+# 5. the study's records (plan, configs, metrics, summaries, logs; no weights) and the extras,
+#    in one file (at most 8 come back)
 tar -czf "$OUT/study_records.tar.gz" --exclude='*.safetensors' --exclude='*.pt' "$STUDY_OUT" \
-  2>>"$LOG"
+  "$EXTRA" 2>>"$LOG"
 say "done: $(ls "$OUT" | tr '\n' ' ')"
