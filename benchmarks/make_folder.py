@@ -1,10 +1,11 @@
 """Write a 64-px ImageNet-style image folder made from real images, for `imagefolder:` benchmarks.
 
     .venv/bin/python benchmarks/make_folder.py OUT_DIR [--train-per-class 400]
-        [--val-per-class 100] [--seed 0]
+        [--val-per-class 100] [--seed 0] [--classes 10 | --classes trouser,pullover,...]
 
-Builds OUT_DIR/train/<class>/NNNNN.png and OUT_DIR/val/<class>/NNNNN.png (10 classes, the
-Fashion-MNIST ones) and OUT_DIR/boxes.json. Why: benchmarks of the `imagefolder:PATH` path
+Builds OUT_DIR/train/<class>/NNNNN.png and OUT_DIR/val/<class>/NNNNN.png (by default all 10
+Fashion-MNIST classes; `--classes N` keeps the first N, `--classes trouser,pullover,sneaker,bag`
+the named ones, as the README's Grad-CAM example does) and OUT_DIR/boxes.json. Why: benchmarks of the `imagefolder:PATH` path
 (PIL decode in DataLoader workers, RandomResizedCrop, ...) need a folder of real image
 content at a size where training is quick, and none ships with the machine. Fashion-MNIST
 does (Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist): each item (28x28,
@@ -18,7 +19,8 @@ boxes.json maps each image path relative to OUT_DIR (e.g. "val/trouser/00003.png
 for localisation benchmarks of class activation maps.
 
 Everything is a function of --seed and the item's (split, class, index): a rerun with the
-same seed writes the same files, and more images per class only adds files.
+same seed writes the same files, more images per class only adds files, and a subset of
+the classes writes exactly those classes' files of the full folder.
 """
 
 from __future__ import annotations
@@ -67,12 +69,33 @@ def render(item: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list
     return np.clip(background, 0, 255).round().astype(np.uint8), box
 
 
+def pick_classes(text: str | None, names) -> list[int]:
+    """--classes: None (all), a count N (the first N) or comma-separated class folder names
+    ("trouser,bag") -> class indices, in Fashion-MNIST's order."""
+    folders = [class_folder(n) for n in names]
+    if text is None:
+        return list(range(len(names)))
+    if text.strip().isdigit():
+        count = int(text)
+        if not 1 <= count <= len(names):
+            raise ValueError(f"--classes {count}: need 1 to {len(names)}")
+        return list(range(count))
+    wanted = [class_folder(w) for w in text.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in folders]
+    if unknown or not wanted:
+        raise ValueError(f"--classes: unknown class(es) {', '.join(unknown) or '(none)'}; "
+                         f"choose from {', '.join(folders)}")
+    return sorted({folders.index(w) for w in wanted})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="folder to create (must not hold train/ or val/)")
     p.add_argument("--train-per-class", type=int, default=400, help="at most 6000")
     p.add_argument("--val-per-class", type=int, default=100, help="at most 1000")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", help="N (the first N Fashion-MNIST classes) or class names, "
+                                     "e.g. trouser,pullover,sneaker,bag (default: all 10)")
     args = p.parse_args(argv)
     if not (1 <= args.train_per_class <= 6000 and 1 <= args.val_per_class <= 1000):
         p.error("need 1 <= --train-per-class <= 6000 and 1 <= --val-per-class <= 1000")
@@ -81,6 +104,10 @@ def main(argv=None) -> int:
 
     from effscale.data import load_data  # reads the Debian idx files
     from effscale.data.sources import FASHION_CLASSES
+    try:
+        keep = pick_classes(args.classes, FASHION_CLASSES)
+    except ValueError as exc:
+        p.error(str(exc))
     start = time.perf_counter()
     data = load_data("fashion-mnist", download=False)
     boxes = {}
@@ -90,6 +117,8 @@ def main(argv=None) -> int:
         images, labels = tensors.images[:, 0].numpy(), tensors.labels.numpy()
         order = np.random.default_rng([args.seed, split_id]).permutation(len(labels))
         for cls, name in enumerate(FASHION_CLASSES):
+            if cls not in keep:
+                continue
             folder = args.out / split / class_folder(name)
             folder.mkdir(parents=True, exist_ok=True)
             chosen = order[labels[order] == cls][:per_class]  # a seeded choice within the class
@@ -102,7 +131,7 @@ def main(argv=None) -> int:
     lines = (f"  {json.dumps(path)}: {json.dumps(box)}" for path, box in boxes.items())
     (args.out / "boxes.json").write_text("{\n" + ",\n".join(lines) + "\n}\n")  # one per line
     print(f"wrote {len(boxes)} images ({args.train_per_class} train + {args.val_per_class} val "
-          f"per class, 10 classes) to {args.out} in {time.perf_counter() - start:.1f} s",
+          f"per class, {len(keep)} classes) to {args.out} in {time.perf_counter() - start:.1f} s",
           file=sys.stderr)
     return 0
 

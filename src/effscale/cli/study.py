@@ -67,7 +67,8 @@ def add_parser(sub):
                                          "e.g. 2,4")
     levels.add_argument("--phis", help="FLOPs levels as compound phi values, e.g. 1,2")
     p.add_argument("--strategies", help=f"comma list from {','.join(STRATEGIES)} (default all)")
-    p.add_argument("--seeds", type=int, help="seeds per model (default 2; 1 gives no error bars)")
+    p.add_argument("--seeds", type=int, help="seeds per model (default 2; 3 with --data "
+                                             "fashion-mnist; 1 gives no error bars)")
     p.add_argument("--epochs", help="training epochs; several (e.g. 12,24,48) run the study "
                                      "at each budget under one directory, reported together")
     p.add_argument("--stem-stride", type=int, choices=(1, 2))

@@ -63,8 +63,7 @@ class FolderSplit:
 
 
 def load_imagefolder(path, *, subset=None, val_subset=None, seed=0) -> Data:
-    from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -73,24 +72,25 @@ def load_imagefolder(path, *, subset=None, val_subset=None, seed=0) -> Data:
     if missing:
         raise FileNotFoundError(f"imagefolder {root} lacks {' and '.join(m + '/' for m in missing)}"
                                 f" (expected train/ and val/ with one folder per class)")
-    try:
-        train = ImageFolder(str(root / "train"), allow_empty=True)  # lists files, decodes none
-        val_classes = sorted(e.name for e in os.scandir(root / "val") if e.is_dir())
-        unknown = sorted(set(val_classes) - set(train.classes))
-        if unknown:
-            raise ValueError(f"imagefolder {root}: val/ has classes not in train/: "
-                             f"{', '.join(unknown[:5])}")
-        val = make_dataset(str(root / "val"), train.class_to_idx, IMG_EXTENSIONS, allow_empty=True)
-    except FileNotFoundError as exc:  # torchvision's "Couldn't find any class folder"
-        raise FileNotFoundError(f"imagefolder {root}: {str(exc).splitlines()[0]}") from None
-    if not train.samples or not val:
+    classes = _class_folders(root / "train")
+    if not classes:
+        raise FileNotFoundError(f"imagefolder {root}: Couldn't find any class folder in "
+                                f"{root / 'train'}.")
+    unknown = sorted(set(_class_folders(root / "val")) - set(classes))
+    if unknown:
+        raise ValueError(f"imagefolder {root}: val/ has classes not in train/: "
+                         f"{', '.join(unknown[:5])}")
+    unfollowed: list[str] = []
+    train, val = (list_images(root, d, classes, unfollowed) for d in ("train", "val"))
+    _warn_unfollowed(root, unfollowed)
+    if not train or not val:
         raise FileNotFoundError(f"imagefolder {root}: no images in "
-                                f"{'train/' if not train.samples else 'val/'} "
+                                f"{'train/' if not train else 'val/'} "
                                 f"(extensions: {' '.join(IMG_EXTENSIONS)})")
-    info = DatasetInfo(f"imagefolder:{path}", len(train.classes), tuple(train.classes), 3, None,
+    info = DatasetInfo(f"imagefolder:{path}", len(classes), tuple(classes), 3, None,
                        IMAGENET_MEAN, IMAGENET_STD)
     splits = [FolderSplit(root / d, tuple(samples), info)
-              for d, samples in (("train", train.samples), ("val", val))]
+              for d, samples in (("train", train), ("val", val))]
     for n in (subset, val_subset):
         if n is not None and n < 1:
             raise ValueError(f"subset size must be >= 1, got {n}")
@@ -107,6 +107,73 @@ def load_imagefolder(path, *, subset=None, val_subset=None, seed=0) -> Data:
             keep = stratified_subset(splits[i].labels, n, seed).tolist()
             splits[i] = replace(splits[i], samples=tuple(splits[i].samples[k] for k in keep))
     return Data(info, splits[0], splits[1])
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+
+
+def _inside(real: str, root_real: str) -> bool:
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def list_images(root: Path, split: str, classes, unfollowed: list[str]) -> list[tuple[str, int]]:
+    """(file, class index) of split/<class>/**/*.<image extension>, in torchvision's order
+    (classes sorted, then directories, then file names). A symlink is followed only when it
+    leads inside `root` but outside every class folder (train/<class>, val/<class>: their
+    files are listed anyway) and not above one (a loop), to nothing followed before; the
+    others (out of the folder, loops, second names) are left out and appended to
+    `unfollowed`, relative to `root`. A class folder may itself be a link inside `root`."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root_real = os.path.realpath(root)
+    tops = [os.path.realpath(root / d / c) for d in ("train", "val")
+            for c in _class_folders(root / d)]
+    tops = [t for t in tops if _inside(t, root_real)]
+    followed: list[str] = []
+
+    def refuse(path: str) -> bool:  # True (and noted) for a link that must not be followed
+        if not os.path.islink(path):
+            return False
+        real = os.path.realpath(path)
+        ok = _inside(real, root_real) and not any(
+            _inside(real, other) or _inside(other, real) for other in tops + followed)
+        if ok:
+            followed.append(real)
+        else:
+            unfollowed.append(Path(os.path.relpath(path, root)).as_posix())
+        return not ok
+
+    samples = []
+    for index, name in enumerate(classes):
+        top = str(root / split / name)
+        if not os.path.isdir(top):
+            continue
+        if os.path.islink(top) and not _inside(os.path.realpath(top), root_real):
+            unfollowed.append(f"{split}/{name}")
+            continue
+        walked = []
+        for folder, dirs, files in os.walk(top, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not refuse(os.path.join(folder, d)))
+            walked.append((folder, sorted(files)))
+        for folder, files in sorted(walked):
+            samples += [(os.path.join(folder, file), index) for file in files
+                        if file.lower().endswith(IMG_EXTENSIONS)
+                        and not refuse(os.path.join(folder, file))]
+    return samples
+
+
+class UnfollowedLinksWarning(UserWarning):
+    """An image folder holds symlinks out of it, or back into it, that were not followed."""
+
+
+def _warn_unfollowed(root: Path, unfollowed: list[str]) -> None:
+    if unfollowed:
+        more = f" and {len(unfollowed) - NAMED} more" if len(unfollowed) > NAMED else ""
+        warnings.warn(f"imagefolder {root}: not following {len(unfollowed)} symlink"
+                      f"{'s' if len(unfollowed) > 1 else ''} that lead{'s' if len(unfollowed) == 1 else ''} "
+                      f"out of the folder or back into it: {', '.join(unfollowed[:NAMED])}{more}",
+                      UnfollowedLinksWarning, stacklevel=3)
 
 
 def readable(path: str) -> bool:
@@ -159,10 +226,27 @@ def _without_unreadable(root: Path, split: FolderSplit) -> FolderSplit:
 
 
 def decode(path: str):
-    """A file -> RGB PIL image (ImageFolder's own loader; torchvision.io's decoders are
+    """A file -> RGB PIL image (as ImageFolder's loader, PIL; torchvision.io's decoders are
     deprecated since 0.29). The transforms crop before they resize, so PIL is cheap here."""
-    from torchvision.datasets.folder import default_loader
-    return default_loader(path)
+    from PIL import Image
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        image.load()
+    return to_rgb(image)
+
+
+def to_rgb(image):
+    """An image of any PIL mode -> 8-bit RGB. 16-bit greys ("I;16*", and "I", which is how
+    PIL opens some 16-bit files) are scaled (value >> 8; PIL's own convert clips them to 255,
+    turning mid-grey white); 32-bit floats ("F") are taken as 0-255 and clipped."""
+    import numpy as np
+    from PIL import Image
+    if image.mode.startswith("I"):
+        pixels = np.asarray(image).astype(np.int64)
+        image = Image.fromarray((np.clip(pixels, 0, 65535) >> 8).astype(np.uint8), "L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def folder_transform(resolution: int, train: bool, augment: Augment):

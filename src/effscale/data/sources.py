@@ -37,7 +37,19 @@ DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED = 0.25, 0  # fixed: every run sees the s
 def default_data_dir() -> Path:
     """Where downloads go when no --data-dir is given."""
     env = os.environ.get("EFFSCALE_DATA")
-    return Path(env) if env else Path.home() / ".cache" / "effscale" / "data"
+    if not env:
+        return Path.home() / ".cache" / "effscale" / "data"
+    path = Path(env).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"EFFSCALE_DATA={env} is a file, not a directory; point it "
+                                 f"at a directory (or unset it), or pass --data-dir")
+    for parent in path.parents:  # a file where one of its parent directories should be
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"EFFSCALE_DATA={env}: {parent} is a file, not a "
+                                         f"directory; point it at a directory, or pass --data-dir")
+            break
+    return path
 
 
 def load_data(name: str, *, data_dir=None, device="cpu", download: bool = True,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -13,23 +16,68 @@ def atomic_write(path: str | Path, write, *, previous: str | Path | None = None)
 
     With `previous`, the file `path` held so far is renamed to it just before the new one
     takes its place: the last good version survives a new one that turns out unreadable. In
-    the instant between the two renames only `previous` exists."""
+    the instant between the two renames only `previous` exists.
+
+    On failure the temporary file is removed and `path` (and `previous`) are as they were. An
+    OS error (disk full, read-only, permission, a file where a directory should be) is raised
+    as OSError naming `path` (not the temporary file), also when the writer reports it as its
+    own exception (safetensors' SafetensorError, torch's RuntimeError): see `os_error_of`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL with mode 0o666 lets the kernel apply the process umask, as for any new file
-    # (mkstemp's 0600 would need the umask read, which means setting it: not thread-safe)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        if previous is not None and path.exists():
-            os.replace(path, previous)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL with mode 0o666 lets the kernel apply the process umask, as for any new file
+        # (mkstemp's 0600 would need the umask read, which means setting it: not thread-safe)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        try:
+            write(str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            if previous is not None and path.exists():
+                os.replace(path, previous)
+            os.replace(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+    except Exception as exc:
+        error = os_error_of(exc, tmp)
+        if error is None:
+            raise
+        filename = error.filename
+        if filename is None or str(filename) == str(tmp):
+            filename = path
+        raise OSError(error.errno, error.strerror or os.strerror(error.errno),
+                      str(filename)) from exc
+
+
+# "No space left on device (os error 28)" (Rust's io::Error, as safetensors words it),
+# "Os { code: 28, ...}" (its Debug form), "[Errno 28] ..." (Python's)
+_ERRNO_IN_TEXT = re.compile(r"os error (\d+)|Os \{ code: (\d+)|\[Errno (\d+)\]")
+_LOW_SPACE = 1 << 20  # bytes: a writer that failed with less than this free ran out of space
+
+
+def os_error_of(exc: BaseException, written: str | Path | None = None) -> OSError | None:
+    """The OS error behind a failed write, or None: `exc` itself when it is an OSError with an
+    errno, one in its cause chain, or one read from its message (safetensors); torch.save's
+    "file write failed" (which drops the errno) counts as ENOSPC when the file system of
+    `written` has less than 1 MiB free."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return seen
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    match = _ERRNO_IN_TEXT.search(str(exc))
+    if match:
+        number = int(next(g for g in match.groups() if g))
+        return OSError(number, os.strerror(number))
+    if written is not None and "write failed" in str(exc):
+        try:
+            free = shutil.disk_usage(Path(written).parent).free
+        except OSError:
+            return None
+        if free < _LOW_SPACE:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from ..io.files import write_json
 from .config import Config
+from .state import METRIC_FIELDS
 
-BOARD_SCALARS = ("train_loss", "val_loss", "top1", "top5", "lr", "images_per_s")
+# every metrics.csv column but the step itself: TensorBoard shows what metrics.csv records
+BOARD_SCALARS = tuple(k for k in METRIC_FIELDS if k != "epoch")
 
 
 class Progress:

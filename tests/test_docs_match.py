@@ -1,0 +1,119 @@
+"""The help and the README say what the code does: defaults in `effscale search --help`, the
+README's study examples, the line a bare `effscale train` prints."""
+
+import argparse
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from effscale.cli.main import build_parser
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _help(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+
+
+def _option_helps(command: str) -> dict[str, str]:
+    """--flag -> its help text, as `effscale COMMAND --help` prints it."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {flag: action.help or "" for action in sub.choices[command]._actions
+            for flag in action.option_strings}
+
+
+def _stated_default(helps: dict, flag: str) -> str:
+    """The value after 'default' in FLAG's help (up to ';' or ')')."""
+    stated = re.search(r"\(?default:? ([^;)]+)", helps[flag])
+    assert stated, f"{flag}'s help states no default: {helps[flag]!r}"
+    return stated.group(1).strip()
+
+
+def test_search_help_states_the_real_defaults(capsys):
+    from effscale.experiments.search import SearchConfig, resolve_config
+    real = resolve_config({})  # what a bare `effscale search` runs
+    assert real == SearchConfig()
+    helps = _option_helps("search")
+
+    def floats(stated):
+        return tuple(float(v) for v in stated.split(","))
+
+    assert floats(_stated_default(helps, "--alphas")) == real.alphas
+    assert floats(_stated_default(helps, "--betas")) == real.betas
+    assert float(_stated_default(helps, "--tolerance")) == real.tolerance
+    assert int(_stated_default(helps, "--seeds")) == real.seeds
+    assert int(_stated_default(helps, "--epochs")) == real.epochs
+    assert _stated_default(helps, "--base").split(":")[0] == real.base
+    assert _stated_default(helps, "--data") == real.data
+    assert _stated_default(helps, "--recipe") == real.recipe
+    assert int(_stated_default(helps, "--stem-stride")) == real.stem_stride
+    assert _stated_default(helps, "--out") == real.out
+    # and that is what --help prints
+    text = _help(capsys, "search")
+    for flag in ("--alphas", "--betas", "--seeds", "--epochs"):
+        assert " ".join(helps[flag].split()) in text
+
+
+def _study_examples() -> list[str]:
+    """Each `effscale study ...` command of the README's "Scaling study" code block, with
+    continuation lines joined and comments dropped."""
+    section = README.read_text().split("## Scaling study", 1)[1]
+    block = section.split("```", 2)[1]
+    commands = block.replace("\\\n", " ").splitlines()
+    return [line.split(" #", 1)[0].strip() for line in commands
+            if line.strip().startswith("effscale study")]
+
+
+def _runnable(command: str) -> bool:
+    """Every example plans here with --dry-run (a plan reads no data and makes no CUDA call),
+    but the placeholder `effscale study ... --dry-run`."""
+    return shlex.split(command)[2:3] != ["..."]
+
+
+def test_readme_has_study_examples_that_run_here():
+    assert len([c for c in _study_examples() if _runnable(c)]) >= 5
+
+
+@pytest.mark.parametrize("command", [c for c in _study_examples() if _runnable(c)])
+def test_readme_study_example_plans(command, run_cli, tmp_path):
+    # "..." at the end means "and your other flags": the flags shown must work without them
+    argv = [a for a in shlex.split(command)[1:] if a != "..."]
+    argv += ["--out", str(tmp_path / "study"), "--dry-run"]
+    code, out, err = run_cli(*argv)
+    assert code == 0, f"{command} --dry-run: {err.strip()}"
+    assert "MACs" in out
+    assert not (tmp_path / "study").exists()  # a dry run writes nothing
+
+
+def test_bare_train_says_what_it_trains():
+    from effscale.cli.train import default_model_line
+    from effscale.model.names import parse_name
+    from effscale.train.config import Config, resolve
+    cfg = resolve(Config())
+    line = default_model_line(None, {})
+    assert line == (f"no --model: training {cfg.model} at {parse_name(cfg.model).resolution} px "
+                    f"on {cfg.data} for {cfg.epochs} epochs (slow on a CPU: try --model "
+                    f"b0@phi=-6,r=0.1652 --stem-stride 1)")
+    assert "b0 at 224 px on digits for 15 epochs" in line
+    assert default_model_line(None, {"model": "b1"}) is None
+
+
+def test_bare_train_line_is_printed_first(run_cli, tmp_path, monkeypatch):
+    import importlib
+    engine = importlib.import_module("effscale.train.engine")  # effscale.train is a function
+    seen = {}
+
+    def fake_train(config_file, **given):  # the line must come before any training
+        seen["given"] = given
+        return {"status": "ok"}
+    monkeypatch.setattr(engine, "train", fake_train)
+    code, out, err = run_cli("train", "--out", tmp_path / "run")
+    assert code == 0 and "no --model: training b0 at 224 px" in err
+    assert "model" not in seen["given"]
+    code, out, err = run_cli("train", "--model", "b0@phi=-6,r=0.1652", "--out", tmp_path / "r2")
+    assert code == 0 and "no --model" not in err
