@@ -146,7 +146,7 @@ def test_there_are_committed_run_configs():
 def test_committed_run_configs_pass_and_resolve_unchanged(path):
     saved = json.loads(path.read_text())
     assert check_types(saved) == saved
-    resolved = resolve(make_config(saved)).as_dict()
+    resolved = resolve(make_config(saved), check_paths=False).as_dict()  # any machine
     assert resolved.pop("overwrite") is False  # newer than these runs; a runtime key
     assert resolved == saved
     assert {k: type(v) for k, v in resolved.items()} == {k: type(v) for k, v in saved.items()}

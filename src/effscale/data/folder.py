@@ -97,10 +97,9 @@ def load_imagefolder(path, *, subset=None, val_subset=None, seed=0) -> Data:
     splits = [_without_unreadable(root, split) for split in splits]  # before the subsets
     skipped = splits[0].skipped + splits[1].skipped
     if skipped:
-        more = f" and {len(skipped) - NAMED} more" if len(skipped) > NAMED else ""
         warnings.warn(f"imagefolder {root}: skipped {len(skipped)} unreadable image file"
                       f"{'s' if len(skipped) > 1 else ''} (train {len(splits[0].skipped)}, val "
-                      f"{len(splits[1].skipped)}): {', '.join(skipped[:NAMED])}{more}",
+                      f"{len(splits[1].skipped)}): {named(skipped)}",
                       UnreadableImagesWarning, stacklevel=3)
     for i, n in enumerate((subset, val_subset)):
         if n is not None:
@@ -169,11 +168,16 @@ class UnfollowedLinksWarning(UserWarning):
 
 def _warn_unfollowed(root: Path, unfollowed: list[str]) -> None:
     if unfollowed:
-        more = f" and {len(unfollowed) - NAMED} more" if len(unfollowed) > NAMED else ""
+        one = len(unfollowed) == 1
         warnings.warn(f"imagefolder {root}: not following {len(unfollowed)} symlink"
-                      f"{'s' if len(unfollowed) > 1 else ''} that lead{'s' if len(unfollowed) == 1 else ''} "
-                      f"out of the folder or back into it: {', '.join(unfollowed[:NAMED])}{more}",
-                      UnfollowedLinksWarning, stacklevel=3)
+                      f"{'' if one else 's'} that lead{'s' if one else ''} out of the folder or "
+                      f"back into it: {named(unfollowed)}", UnfollowedLinksWarning, stacklevel=3)
+
+
+def named(items: list[str]) -> str:
+    """The first NAMED items, and how many more: what a one-line warning can hold."""
+    more = f" and {len(items) - NAMED} more" if len(items) > NAMED else ""
+    return ", ".join(items[:NAMED]) + more
 
 
 def readable(path: str) -> bool:

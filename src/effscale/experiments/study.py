@@ -75,7 +75,8 @@ def plan_differences(study_dir: str | Path) -> list[str]:
             if train_size is None:  # an older record: count the images
                 train_size = train_set_size(config)
             from ..train.config import make_config, resolve
-            resolved = resolve(make_config(cfg, out=str(study_dir / "runs" / key)), train_size)
+            resolved = resolve(make_config(cfg, out=str(study_dir / "runs" / key)), train_size,
+                               check_paths=False)
             out += _config_differences(key, json.loads(saved.read_text()), resolved.as_dict())
     return out
 

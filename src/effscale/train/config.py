@@ -239,11 +239,13 @@ def _show(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def resolve(cfg: Config, train_size: int | None = None) -> Config:
+def resolve(cfg: Config, train_size: int | None = None, *, check_paths: bool = True) -> Config:
     """Fill recipe values, the batch size, the lr and the run directory; check every value.
 
     An unset batch size is the recipe's, fitted to the data (`fit_batch`) once `train_size`
-    is known; until then it and a batch-derived lr stay None. Resolving twice is harmless."""
+    is known; until then it and a batch-derived lr stay None. Resolving twice is harmless.
+    `check_paths=False` skips checking that data_dir and pretrained exist: re-planning a
+    committed study compares values and must not need the machine that trained it."""
     check_types(cfg.as_dict())  # a Config made directly, not through make_config
     recipe = get_recipe(cfg.recipe)
     filled = {k: getattr(recipe, k) for k in RECIPE_FIELDS
@@ -258,6 +260,8 @@ def resolve(cfg: Config, train_size: int | None = None) -> Config:
     if cfg.out is None:
         cfg = replace(cfg, out=str(Path("runs") / f"{_slug(cfg.data)}-{_slug(cfg.model)}-s{cfg.seed}"))
     _check(cfg)
+    if check_paths:
+        _check_paths(cfg)
     return cfg
 
 
@@ -309,6 +313,10 @@ def _check(cfg: Config) -> None:
         model_spec(cfg.model, stem_stride=cfg.stem_stride)  # a bad name fails before data loads
     except (OverflowError, ZeroDivisionError):
         raise ValueError(f"model {_show(cfg.model)} scales the network out of range") from None
+
+
+def _check_paths(cfg: Config) -> None:
+    """The files a run reads exist (before anything is built or written)."""
     if cfg.pretrained and not Path(cfg.pretrained).exists():
         raise FileNotFoundError(f"no such pretrained weights file: {_show(cfg.pretrained, 200)}")
     if cfg.data_dir and not Path(cfg.data_dir).exists():
