@@ -8,8 +8,8 @@ import pytest
 from effscale.experiments.plan import parse_epochs
 from effscale.experiments.study import plan_differences, study
 from effscale.io.records import load_study
-from effscale.report import budgets as report_budgets
-from effscale.report.stats import Comparison
+from effscale.reporting import budgets as report_budgets
+from effscale.reporting.stats import Comparison
 
 
 @pytest.mark.parametrize("value, parsed", [

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import effscale
 from effscale.model.names import KEYS, Variant, parse_name
-from effscale.train import Config, make_config, resolve
-from effscale.train.config import FIELD_TYPES, RECIPES, check_types
+from effscale.training import Config, make_config, resolve
+from effscale.training.config import FIELD_TYPES, RECIPES, check_types
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -82,7 +82,7 @@ def _metrics(run_dir) -> list[dict]:
 def captured_model(monkeypatch):
     """The model the next in-process train() builds (and the dtypes its first conv outputs
     while training), caught where the engine prepares it."""
-    from effscale.train import engine
+    from effscale.training import engine
     seen = {"dtypes": set()}
     prepare = engine.prepare_model
 
@@ -189,7 +189,7 @@ import torch
 from torch import nn
 import effscale
 from effscale.model.memory import estimate
-from effscale.train import forward_backward
+from effscale.training import forward_backward
 
 out, batch = sys.argv[1], 256
 # b0 at its own 224 px on digits (1 channel, 10 classes), bf16: activations dominate
@@ -259,9 +259,9 @@ def test_memory_planner_estimate_against_the_measured_peak():
     from torch import nn
     from effscale.model.memory import estimate
     from effscale.model.names import model_spec
-    from effscale.train import forward_backward
-    from effscale.train.ema import ModelEma
-    from effscale.train.optim import create_optimizer
+    from effscale.training import forward_backward
+    from effscale.training.ema import ModelEma
+    from effscale.training.optim import create_optimizer
 
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
@@ -328,7 +328,7 @@ def test_resume_after_sigkill_on_the_gpu(tmp_path, run_cli):
     for key, value in RESUME.items():
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
-    from effscale.train import read_state
+    from effscale.training import read_state
     log = tmp_path / "killed.log"
     at = None
     with open(log, "w") as stderr:

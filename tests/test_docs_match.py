@@ -93,7 +93,7 @@ def test_readme_study_example_plans(command, run_cli, tmp_path):
 def test_bare_train_says_what_it_trains():
     from effscale.cli.train import default_model_line
     from effscale.model.names import parse_name
-    from effscale.train.config import Config, resolve
+    from effscale.training.config import Config, resolve
     cfg = resolve(Config())
     line = default_model_line(None, {})
     assert line == (f"no --model: training {cfg.model} at {parse_name(cfg.model).resolution} px "
@@ -104,8 +104,7 @@ def test_bare_train_says_what_it_trains():
 
 
 def test_bare_train_line_is_printed_first(run_cli, tmp_path, monkeypatch):
-    import importlib
-    engine = importlib.import_module("effscale.train.engine")  # effscale.train is a function
+    from effscale.training import engine
     seen = {}
 
     def fake_train(config_file, **given):  # the line must come before any training

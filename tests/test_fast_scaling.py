@@ -8,7 +8,7 @@ import pytest
 from effscale.experiments.plan import plan_models, resolve_config
 from effscale.model.names import fast_factors, parse_name
 from effscale.model.profile import match_flops, profile
-from effscale.report import stats
+from effscale.reporting import stats
 
 
 def test_fast_factors_by_hand():

@@ -1,9 +1,13 @@
 """The package's shape: no import cycles (function-level imports included: they hide cycles,
-they do not remove them) and no private name used across modules. Read from the source with
-ast, so the test sees every import whether or not it runs."""
+they do not remove them), no private name used across modules, every module importable by its
+dotted path, no module named like a function it would shadow, no module over 500 lines. Read
+from the source with ast where it can, so the test sees every import whether or not it runs."""
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "effscale"
 
@@ -116,14 +120,14 @@ def test_layout_follows_the_data_flow():
     the top level but the package's entry points."""
     top = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or
            (p.is_dir() and (p / "__init__.py").is_file())}
-    assert top == {"__init__.py", "__main__.py", "model", "data", "train", "io", "experiments",
-                   "report", "explain", "cli"}
+    assert top == {"__init__.py", "__main__.py", "model", "data", "training", "io",
+                   "experiments", "reporting", "explain", "cli"}
 
 
 # Lowest first: a subpackage imports only from its own layer or lower ones.
-LAYERS = ("model", "data", "io", "train", "experiments", "explain", "report", "cli")
+LAYERS = ("model", "data", "io", "training", "experiments", "explain", "reporting", "cli")
 # The one call against the flow: a study writes its own tables and report once it has trained.
-UPWARD = {("experiments", "report")}
+UPWARD = {("experiments", "reporting")}
 
 
 def test_imports_follow_the_layers():
@@ -148,3 +152,68 @@ def test_no_function_over_60_lines():
                 if length > 60:
                     long.append(f"{name}.{node.name}: {length} lines")
     assert long == []
+
+
+def test_every_module_imports_by_its_dotted_name():
+    """`import effscale.training.engine as e` gives that module, for every module (the Ray
+    and Grad-CAM ones need their extras, so they are imported only when those are present)."""
+    optional = {"ray", "pytorch_grad_cam", "onnx", "onnxscript"}
+    failed = []
+    for name in sorted(set(MODULES) - {"effscale.__main__"}):  # runs the CLI
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in optional:
+                continue
+            failed.append(f"{name}: {exc}")
+            continue
+        if module.__name__ != name or Path(module.__file__) != MODULES[name]:
+            failed.append(f"{name} gives {module.__name__}")
+    assert failed == []
+
+
+def _shadowing(modules, exported: set[str]) -> list[str]:
+    """Modules whose last name is a public function of their parent package (importing the
+    module would replace that function by the module)."""
+    return sorted(name for name in modules
+                  if name.count(".") >= 1 and name.rpartition(".")[2] in exported.get(
+                      name.rpartition(".")[0], ()))
+
+
+def _exported(package: str) -> set[str]:
+    """Names a package takes from its modules (`from .x import name`) or exports lazily
+    (`_EXPORTS`); `from . import module` names the module itself and is left out."""
+    names = set()
+    for node in ast.walk(ast.parse(MODULES[package].read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {alias.asname or alias.name for alias in node.names}
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS"
+                                                   for t in node.targets):
+            names |= set(ast.literal_eval(node.value))
+    return names
+
+
+def test_no_module_shares_a_name_with_a_public_function():
+    """`effscale.train` is the function and `effscale.training` the package (and so on down):
+    no module-class trick is needed to keep the function when the package is imported."""
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    exported = {package: _exported(package) for package in packages}
+    assert _shadowing(MODULES, exported) == []
+    import effscale
+    import effscale.reporting.pages  # noqa: F401 - importing subpackages changes nothing
+    import effscale.training.engine  # noqa: F401
+    assert callable(effscale.train) and callable(effscale.report)
+    assert type(effscale) is type(importlib)  # a plain module
+
+
+def test_the_shadowing_check_can_fail():
+    exported = {"effscale": {"train", "study"}, "effscale.training": {"evaluate"}}
+    modules = ["effscale.train.engine", "effscale.train", "effscale.training.evaluate",
+               "effscale.training.evaluation"]
+    assert _shadowing(modules, exported) == ["effscale.train", "effscale.training.evaluate"]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_modules_stay_small(name):
+    """Over 500 lines a module holds more than one thing: split it along its seams."""
+    assert len(MODULES[name].read_text().splitlines()) <= 500

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from effscale.io.lock import LOCK_FILE, dir_lock
-from effscale.train.rundir import run_dir_contents
+from effscale.training.rundir import run_dir_contents
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "import sys; from effscale.cli.main import main; sys.exit(main())"

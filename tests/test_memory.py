@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from effscale.model.memory import GiB, estimate, family_table, parse_bytes, plan
-from effscale.train import forward_backward, step_with_retry
+from effscale.training import forward_backward, step_with_retry
 
 TINY = "b0@phi=-6,res=32"
 

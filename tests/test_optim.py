@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from effscale.train.optim import RMSpropTF, create_optimizer, lr_at, param_groups
+from effscale.training.optim import RMSpropTF, create_optimizer, lr_at, param_groups
 
 
 def hand_rmsprop_tf(w, grads, lr, alpha, eps, momentum, wd=0.0):

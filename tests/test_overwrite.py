@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import effscale
-from effscale.train import make_config, resolve
-from effscale.train.rundir import check_out_dir, run_dir_contents
+from effscale.training import make_config, resolve
+from effscale.training.rundir import check_out_dir, run_dir_contents
 
 TINY = dict(model="b0@phi=-6,r=0.1652", data="digits", stem_stride=1, epochs=1, subset=32,
             val_subset=16, batch_size=16, ema_decay=0.0, quiet=True)

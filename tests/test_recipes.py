@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import effscale
-from effscale.train.optim import lr_at, momentum_at
-from effscale.train.recipes import fit_batch, get_recipe
+from effscale.training.optim import lr_at, momentum_at
+from effscale.training.recipes import fit_batch, get_recipe
 
 from conftest import FASHION_DIR
 
@@ -78,7 +78,7 @@ GRID = [
 def test_default_recipe_trains_stably(tmp_path, monkeypatch, model, data, stem, subset):
     if data == "fashion-mnist" and not Path(FASHION_DIR).is_dir():
         pytest.skip("Fashion-MNIST not installed")
-    from effscale.train import engine
+    from effscale.training import engine
     losses = []
 
     def recorded(*args, **kwargs):  # every step's loss, as the engine sees it
@@ -100,7 +100,7 @@ def test_default_recipe_trains_stably(tmp_path, monkeypatch, model, data, stem, 
 
 def test_the_engine_sets_lr_and_cycled_momentum_every_step():
     import torch
-    from effscale.train.steps import apply_schedule
+    from effscale.training.steps import apply_schedule
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0, momentum=0.9)
     schedule = dict(peak=0.2, steps_per_epoch=10, epochs=10, schedule="cosine", warmup_epochs=0,
                     warmup_start=0.04, decay_rate=0, decay_epochs=0, warmup_fraction=0.1,

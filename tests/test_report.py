@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from effscale.report.pages import report
+from effscale.reporting.pages import report
 from effscale.experiments.study import study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

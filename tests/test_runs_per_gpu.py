@@ -99,7 +99,7 @@ def test_one_run_per_gpu_behaves_as_before(fake_machine, monkeypatch, tmp_path):
 
 def test_one_worker_trains_in_this_process(fake_machine, monkeypatch, tmp_path):
     """parallel=1 (the default) on GPUs: one run at a time in this process, no worker."""
-    from effscale.train import engine
+    from effscale.training import engine
 
     trained = []
 

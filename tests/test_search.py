@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from effscale.experiments.search import candidates, gamma_for, parse_grid
-from effscale.report.search import ranked_rows, recommend
+from effscale.reporting.search import ranked_rows, recommend
 from effscale.model.names import parse_name
 
 

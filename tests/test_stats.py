@@ -3,7 +3,7 @@ and what it does to the study's conclusion."""
 
 import pytest
 
-from effscale.report import stats
+from effscale.reporting import stats
 
 
 def test_holm_matches_hand_computation():
@@ -55,6 +55,6 @@ def test_clear_differences_survive_the_correction_and_flip_with_the_numbers():
 def test_wall_time_not_recorded_is_said_not_zero():
     """A study whose training sitting was cut off has no wall time: the report says so instead
     of failing or printing 0 s."""
-    from effscale.report.stats import format_wall
+    from effscale.reporting.stats import format_wall
     assert format_wall(6580.4) == "6580 s"
     assert format_wall(None).startswith("not recorded")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from effscale.report import stats
+from effscale.reporting import stats
 from effscale.experiments.local import run_jobs
 from effscale.experiments.runs import Job, run_status
 from effscale.experiments.plan import (compound_base, mismatches, plan_models, plan_runs,
@@ -123,7 +123,7 @@ def test_runner_skips_finished_and_resumes_partial(tmp_path, monkeypatch):
         (out / "summary.json").write_text(json.dumps(summary))
         return summary
 
-    from effscale.train import engine
+    from effscale.training import engine
     monkeypatch.setattr(engine, "train", fake_train)
     finished, partial = tmp_path / "a", tmp_path / "b"
     finished.mkdir()
@@ -147,7 +147,7 @@ def test_runner_keeps_going_when_a_run_fails(tmp_path, monkeypatch):
         (Path(config["out"]) / "summary.json").write_text('{"status": "finished"}')
         return {"status": "finished"}
 
-    from effscale.train import engine
+    from effscale.training import engine
     monkeypatch.setattr(engine, "train", fake_train)
     jobs = [Job("x", tmp_path / "x", {"model": "bad"}), Job("y", tmp_path / "y", {"model": "ok"})]
     result = run_jobs(jobs, echo=lambda *a: None)

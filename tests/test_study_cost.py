@@ -12,7 +12,7 @@ from effscale.experiments import cost
 from effscale.experiments.study import plan_differences, study
 from effscale.io.records import load_study
 from effscale.model import measure as measure_module
-from effscale.report.pages import report
+from effscale.reporting.pages import report
 
 TINY = {"base": "b0@phi=-6,r=0.1652", "data": "digits", "levels": "2.5",
         "strategies": "baseline,width", "seeds": 1, "epochs": 1, "subset": 160,

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
     EventAccumulator)
 
 import effscale  # noqa: E402
-from effscale.train import METRIC_FIELDS  # noqa: E402
+from effscale.training import METRIC_FIELDS  # noqa: E402
 
 
 def test_every_metric_is_a_scalar_at_its_epoch(tmp_path, one_thread):

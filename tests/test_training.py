@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import effscale
-from effscale.train import NonFiniteLossError, evaluate_model, make_config, read_state, resolve
+from effscale.training import NonFiniteLossError, evaluate_model, make_config, read_state, resolve
 
 from conftest import FASHION_DIR
 
@@ -291,7 +291,7 @@ def test_resume_over_a_truncated_state_falls_back_to_the_previous_one(tmp_path, 
     # killed between the two renames of a save: only state.prev.pt is there
     (out / "state.pt").unlink()
     messages = []
-    from effscale.train import load_latest
+    from effscale.training import load_latest
     assert load_latest(out, messages.append)["epoch"] == 1 and len(messages) == 1
 
 
@@ -316,7 +316,7 @@ def test_a_one_by_one_final_map_warns_once_with_the_cures(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("warning: the final feature map")
     assert "stem_stride=1 (final map 2x2 at 32 px" in lines[0]
     assert "upsample the input to >= 33 px" in lines[0]
-    from effscale.train.build import final_map_warning
+    from effscale.training.build import final_map_warning
     assert final_map_warning(effscale.create_model(TINY, 10, stem_stride=1, in_chans=1)) is None
 
 

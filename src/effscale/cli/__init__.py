@@ -1,5 +1,2 @@
-"""`effscale SUBCOMMAND ...`: one module per subcommand (cli/<name>.py), dispatched by main."""
-
-from .main import main
-
-__all__ = ["main"]
+"""`effscale SUBCOMMAND ...`: one module per subcommand (cli/<name>.py), dispatched by
+`effscale.cli.main.main` (the console script)."""

@@ -22,7 +22,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..train.evaluate import evaluate
+    from ..training.evaluation import evaluate
 
     result = evaluate(args.checkpoint, args.data, data_dir=args.data_dir, tta_flip=args.tta_flip,
                       use_ema=not args.raw, batch_size=args.batch_size, device=args.device,

@@ -39,7 +39,7 @@ def check_report_paths(study_dir: str) -> None:
 
 
 def run(args) -> int:
-    from ..report.pages import report
+    from ..reporting.pages import report
     check_report_paths(args.study_dir)
     if args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}")

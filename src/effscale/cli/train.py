@@ -19,7 +19,7 @@ def _flag_type(annotation: str):
 
 
 def add_parser(sub):
-    from ..train.config import Config
+    from ..training.config import Config
     p = sub.add_parser("train", help="train a model and write a run directory",
                        description="Train a model; flags override --config, which overrides "
                                    "the recipe. Re-run with --resume to continue a run; "
@@ -47,7 +47,7 @@ def default_model_line(config_file, given: dict) -> str | None:
     """One line naming what will train when neither --model nor the --config file names a
     model (and no saved run is resumed, whose config says it); None otherwise."""
     from ..model.names import parse_name
-    from ..train.config import read_config_file, run_config
+    from ..training.config import read_config_file, run_config
     overrides = {k: v for k, v in given.items() if k != "wait"}  # train() takes wait apart
     try:
         if "model" in given or (config_file and "model" in read_config_file(config_file)):
@@ -62,7 +62,7 @@ def default_model_line(config_file, given: dict) -> str | None:
 
 
 def run(args) -> int:
-    from ..train.engine import NonFiniteLossError, train
+    from ..training.engine import NonFiniteLossError, train
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config_file")}
     line = default_model_line(args.config_file, given)

@@ -80,7 +80,7 @@ def budget_study(config, *, command: str | None, dry_run: bool, report: bool, ec
         mine = {k[len(prefix):]: v for k, v in statuses.items() if k.startswith(prefix)}
         p.record["wall_time_shared"] = True  # its wall time is the pool's, shared by all
         p.finish(mine, seconds, report=report, echo=echo)
-    from ..report.budgets import budget_report, write_budget_results
+    from ..reporting.budgets import budget_report, write_budget_results
     summary = write_budget_results(out)
     if report:
         budget_report(out, summary, echo=echo)

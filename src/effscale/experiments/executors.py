@@ -42,7 +42,7 @@ def check_train_section(train) -> None:
     if per_run:
         raise ValueError(f"train section: {per_run[0]!r} is set per run by the experiment; "
                          f"remove it")
-    from ..train.config import make_config
+    from ..training.config import make_config
     make_config(train)
 
 

@@ -182,7 +182,7 @@ def job_memory(config: dict) -> int:
     (the engine then splits the batch into micro-batches that fit)."""
     from ..data.sources import BUILTIN
     from ..model.memory import estimate, parse_bytes
-    from ..train.recipes import get_recipe
+    from ..training.recipes import get_recipe
     recipe = get_recipe(config.get("recipe") or "fast")
     precision = config.get("precision") or "auto"
     ema_decay = config.get("ema_decay")
@@ -275,7 +275,7 @@ class _Pool:
 
     def _train(self, config: dict, key: str) -> dict:
         if self.workers == 1:
-            from ..train.engine import train
+            from ..training.engine import train
             return train(config)
         if self.stopping:
             raise WorkerStopped(f"not started: stopping on {signal_name(self.stopping)}")
@@ -337,7 +337,7 @@ def die_with_parent() -> None:
 def _worker_main(argv: list[str]) -> int:
     import torch
     torch.set_num_threads(int(os.environ.get("EFFSCALE_THREADS", "1")))
-    from ..train.engine import train
+    from ..training.engine import train
     try:
         train(json.loads(argv[0]))
     except Stopped as exc:  # checkpointed: one line in the log, the signal's exit status

@@ -454,10 +454,10 @@ class Planned:
         failed = failed_keys(statuses)
         for key in failed:
             echo(f"warning: {key} {statuses[key]}")
-        from ..report.results import write_results
+        from ..reporting.results import write_results
         summary = write_results(self.out)
         if report:
-            from ..report.pages import report as make_report
+            from ..reporting.pages import report as make_report
             make_report(self.out, echo=echo, results=summary)
         summary.update(out=str(self.out), failed=failed, wall_time_s=record["wall_time_s"])
         return summary

@@ -67,7 +67,7 @@ def _train_task(config: dict, threads: int) -> dict:
     # Ray sets OMP_NUM_THREADS from num_cpus only when it starts a worker; a reused worker
     # may have run a task with another count, so set torch's pool explicitly every time
     torch.set_num_threads(threads)
-    from ..train.engine import train
+    from ..training.engine import train
     status = run_status(Path(config["out"]))
     t0 = time.time()
     # 'finished' too goes through train(): with resume=True it returns the saved summary

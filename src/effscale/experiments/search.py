@@ -23,7 +23,7 @@ from ..io.records import (api_command, check_same_runs, command_history, environ
                           load_record, search_run_key)
 from ..model.names import parse_name
 from ..model.profile import profile
-from ..report.search import PAPER, write_search_results
+from ..reporting.search import PAPER, write_search_results
 from .executors import check_experiment, execute
 from .runs import Job, engine_config, failed_keys
 from .plan import compound_base, dataset_shape, parse_floats
@@ -197,7 +197,7 @@ def _search(config: SearchConfig, command: str | None, echo) -> dict:
         echo(f"no recommendation: {result['why']}")
     if result["paper_rank"]:
         echo(result["paper_rank"])
-    from ..report.pages import report
+    from ..reporting.pages import report
     report(out, echo=echo, results=result)
     result.update(out=str(out), failed=failed_keys(statuses))
     return result

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..io.lock import experiment_lock
 from ..io.records import load_study
-from ..train.config import RUNTIME_FIELDS
+from ..training.config import RUNTIME_FIELDS
 from .budgets import SUB, budget_study, sub_config
 from .cost import measure_records
 from .executors import execute
@@ -74,7 +74,7 @@ def plan_differences(study_dir: str | Path) -> list[str]:
         if saved.is_file():
             if train_size is None:  # an older record: count the images
                 train_size = train_set_size(config)
-            from ..train.config import make_config, resolve
+            from ..training.config import make_config, resolve
             resolved = resolve(make_config(cfg, out=str(study_dir / "runs" / key)), train_size,
                                check_paths=False)
             out += _config_differences(key, json.loads(saved.read_text()), resolved.as_dict())

@@ -58,7 +58,7 @@ from .build import build_model, final_map_warning
 from .config import Config, resolve, run_config
 from .devices import (Dist, all_gather, all_reduce_sum, autocast, broadcast, resolve_precision,
                       setup_distributed, teardown_distributed)
-from .evaluate import BN_IMAGES, data_device, evaluate_model, recompute_bn
+from .evaluation import BN_IMAGES, data_device, evaluate_model, recompute_bn
 from .output import Progress, board_row, epoch_line, tensorboard_writer, write_summary
 from .state import (STATE_FILE, RunState, fresh_sums, load_latest, restore_rng, seed_everything,
                     sync_metrics, write_metrics, caller_state_kept)

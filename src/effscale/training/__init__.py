@@ -4,19 +4,19 @@ Modules, in the order a run uses them: config (the `Config` schema, reading and 
 engine (`train`: setup, the epoch loop, the end of each epoch), state (`RunState`: what
 state.pt saves and resuming restores; RNG states; metrics.csv), build (the model, maybe from
 pretrained weights), steps (lr schedule, micro-batches, OOM retry), devices (precision,
-distributed), output (progress, TensorBoard, summary.json), evaluate (accuracy).
+distributed), output (progress, TensorBoard, summary.json), evaluation (accuracy).
 
-`effscale.train` is the function `train`, not this package: import the package's modules as
-`from effscale.train import engine` (or names: `from effscale.train import Config`).
+`effscale.train` is the function `train`; this package is `effscale.training` (no module here
+is named like a function it exports, so the import order below does not matter).
 """
 
 from .config import PRECISIONS, RUNTIME_FIELDS, Config, make_config, read_config_file, resolve
 from .devices import Dist, autocast, resolve_precision, setup_distributed
 from .engine import NonFiniteLossError, Run, train
+from .evaluation import evaluate, evaluate_model
 from .state import (METRIC_FIELDS, PREVIOUS_STATE_FILE, STATE_FILE, RunState, load_latest,
                     read_state, rng_state, seed_everything, set_rng_state, write_metrics)
 from .steps import apply_schedule, forward_backward, step_with_retry
-from .evaluate import evaluate, evaluate_model  # noqa: E402 - last: the function, not the module
 
 __all__ = ["Config", "Dist", "METRIC_FIELDS", "NonFiniteLossError", "PRECISIONS",
            "PREVIOUS_STATE_FILE", "RUNTIME_FIELDS", "Run", "RunState", "STATE_FILE",

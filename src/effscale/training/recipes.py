@@ -25,7 +25,7 @@ of the same name; `train.Config` holds the resolved values.
   no crop, warm-up from peak / 25 and cycled momentum at batch 128: 89.2 +- 5.2 at 0.4/256,
   95.3 +- 1.4 at 0.2/256; at batch 64 (>= 20 steps an epoch): 97.1 +- 0.4 at 0.4/256, 96.5 at
   0.2/256, 94.6 at 0.1/256; with zero_init and the EMA's BatchNorm statistics recomputed
-  before each evaluation (train/evaluate.py), the defaults give 98.4 +- 0.3. Tried and not
+  before each evaluation (training/evaluation.py), the defaults give 98.4 +- 0.3. Tried and not
   taken, against 96.5 +- 0.3 at batch 64, 0.2/256: no stochastic depth 96.5, weight decay
   5e-4 96.2, no label smoothing 96.7, cutout 2 px 95.9; no EMA 95.2 against 95.3 (batch 128).
   BENCHMARKS.md compares the defaults with a plain loop.

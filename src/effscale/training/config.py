@@ -43,7 +43,7 @@ class Config:
                                 'place)')
     out: str | None = flag(None, 'run directory (default runs/<data>-<model>-s<seed>)')
     recipe: str = flag("fast",
-                       'the training recipe (default fast; train/recipes.py)',
+                       'the training recipe (default fast; training/recipes.py)',
                        choices=tuple(RECIPES))
     seed: int = flag(0, 'random seed (default 0)', range=">= 0")
     stem_stride: int = flag(2, "1 keeps small images' resolution through the stem (default 2)")
