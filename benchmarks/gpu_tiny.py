@@ -295,7 +295,7 @@ def measure_row(row: Row, args, device: torch.device, deadline: float) -> None:
             step()  # first replay
         else:
             if s["ema"]:
-                from effscale.train.ema import ModelEma
+                from effscale.training.ema import ModelEma
                 ema = ModelEma(model, EMA_DECAY)
             step = eager_step(model, optimizer, x, y, device, s, ema)
             for i in range(args.warmup):
