@@ -2,6 +2,7 @@
 known numbers), self-contained HTML checked in headless Chromium."""
 
 import csv
+import html as html_lib
 import json
 import re
 import shutil
@@ -89,6 +90,21 @@ def test_report_refuses_a_directory_that_is_not_a_study(run_cli, tmp_path):
     assert code == 2 and "not a study" in err and len(err.strip().splitlines()) == 1
 
 
+# Once loaded: the page positions of the verdict, the first figure and the first table, and
+# every table whose scroll box is wider than what it shows.
+_LAYOUT_PROBE = (
+    "<script>window.addEventListener('load', () => {"
+    " const top = e => e ? Math.round(e.getBoundingClientRect().top + window.scrollY) : -1;"
+    " const tables = [...document.querySelectorAll('table')];"
+    " const h = [...document.querySelectorAll('h2')].find(x => x.textContent === 'Verdict');"
+    " const f = document.querySelector('figure');"
+    " document.body.setAttribute('data-layout', JSON.stringify({tables: tables.length,"
+    " scrolling: tables.filter(t => t.parentElement.scrollWidth > t.parentElement.clientWidth)"
+    ".map(t => t.rows[0].textContent), verdict: top(h), figure: top(f),"
+    " first_table: top(tables[0]), figure_alt: f ? f.querySelector('img').alt : ''})); });"
+    "</script>")
+
+
 def _chromium(args, tmp_path):
     profile = tmp_path / "chrome-profile"
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -118,8 +134,17 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert total == 5 and loaded == total
     assert dom.stdout.count("<table>") >= 5 and "Compound vs each other strategy" in dom.stdout
 
-    # wide tables scroll inside their own box instead of being cut off or widening the page
-    # (900 px: narrower than the Models table, as 1280 px is for a study with long names)
+    # read top-down: the verdict, then accuracy against MACs, then the tables; at 1280 px no
+    # table scrolls sideways (short model names, the cost columns in their own table)
+    probe.write_text(html_path.read_text().replace("</body>", _LAYOUT_PROBE + "</body>"))
+    dom = _chromium(["--dump-dom", "--window-size=1280,900", probe.as_uri()], tmp_path)
+    layout = json.loads(html_lib.unescape(re.search(r'data-layout="([^"]*)"', dom.stdout)[1]))
+    assert layout["tables"] >= 6 and layout["scrolling"] == [], layout
+    assert 0 < layout["verdict"] < layout["figure"] < layout["first_table"], layout
+    assert layout["figure_alt"].startswith("Top-1 against MACs"), layout
+
+    # on a narrow window wide tables scroll inside their own box instead of being cut off or
+    # widening the page
     probe.write_text(html_path.read_text().replace(
         "</body>",
         "<script>window.addEventListener('load', () => { const t = [...document.querySelectorAll('table')]"
@@ -128,7 +153,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
         " || x.parentElement.scrollWidth < x.offsetWidth);"
         " document.body.setAttribute('data-wide', t.length + ':' + cut.length + ':' +"
         " (document.documentElement.scrollWidth > window.innerWidth)); });</script></body>"))
-    dom = _chromium(["--dump-dom", "--window-size=900,900", probe.as_uri()], tmp_path)
+    dom = _chromium(["--dump-dom", "--window-size=600,900", probe.as_uri()], tmp_path)
     wide, cut, page_overflows = re.search(r'data-wide="(\d+):(\d+):(\w+)"', dom.stdout).groups()
     assert int(wide) >= 1 and int(cut) == 0 and page_overflows == "false", (wide, cut)
 
@@ -141,3 +166,24 @@ def test_report_renders_in_headless_chromium(tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (2000, 1200)
     assert pixels.std() > 10  # not a blank page
+
+
+def test_runs_csv_has_one_row_per_run(tmp_path):
+    out = make_fake_study(tmp_path, compound_gain=+1.0)
+    plan = json.loads((out / "study.json").read_text())
+    unfinished = next(k for k, r in plan["runs"].items() if r["strategy"] == "depth")
+    (out / "runs" / unfinished / "summary.json").unlink()  # interrupted: metrics, no summary
+    report(out, cams=False, echo=lambda *a: None)
+    rows = {r["key"]: r for r in csv.DictReader(open(out / "runs.csv"))}
+    assert set(rows) == set(plan["runs"])
+    for key, run in plan["runs"].items():
+        row = rows[key]
+        assert (row["strategy"], row["level"], int(row["seed"]), row["model"]) == (
+            run["strategy"], run["level"], run["seed"], run["model"])
+        assert (row["dataset"], row["effscale"]) == ("digits", plan["environment"]["effscale"])
+        if key == unfinished:
+            assert row["status"] == "partial" and row["final_top1"] == ""
+        else:
+            summary = json.loads((out / "runs" / key / "summary.json").read_text())
+            assert row["status"] == "finished"
+            assert float(row["final_top1"]) == summary["final_top1"]

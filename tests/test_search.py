@@ -1,6 +1,7 @@
 """effscale search: the (alpha, beta) grid with gamma derived, a tiny real search on digits,
 and its best coefficients fed back to effscale study and to model names."""
 
+import csv
 import json
 import math
 
@@ -108,6 +109,14 @@ def test_tiny_search_end_to_end(run_cli, tmp_path):
     # one seed and one epoch: the search says why it recommends nothing, and writes no best
     assert "No recommendation:" in md and "no recommendation:" in stdout
     assert "--coefficients" not in stdout and not (out / "best_coefficients.json").exists()
+    # effscale compare reads a search as it reads a study: one row per candidate
+    code, table, err = run_cli("compare", out)
+    assert code == 0, err
+    ranked = {r["model"]: r["top1_mean"] for r in csv.DictReader(rows)}
+    for model, top1 in ranked.items():
+        line = next(x for x in table.splitlines() if f"| {model} |" in x)
+        assert f"| {float(top1):.2f}" in line and ("paper point" in line) == (
+            model == next(p["model"] for p in record["points"] if p["paper"]))
     best = next(p for p in record["points"] if p["alpha"] == 1.1)
     best["coefficients"] = f"{best['alpha']:g},{best['beta']:g},{best['gamma']:g}"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from ..experiments.ray_executor import MissingExtra
 from ..io.lock import Stopped, waiting
 
-COMMANDS = ("profile", "train", "evaluate", "study", "search", "cam", "report", "export")
+COMMANDS = ("profile", "train", "evaluate", "study", "search", "cam", "report", "compare",
+            "export")
 LOCKING = ("train", "study", "search")  # commands that lock their directory: --wait
 
 

@@ -83,6 +83,34 @@ def accuracy_vs(rows: list[dict], x_key: str, stem: Path, *, xlabel: str, scale:
     return _save(fig, stem)
 
 
+LINES = ("-", "--", ":", "-.")  # one per compared directory
+
+
+def accuracy_by_source(rows: list[dict], stem: Path, *, xlabel: str, scale: float) -> list[Path]:
+    """`effscale compare`: top-1 against MACs / scale, colour per strategy, line style per
+    directory (and budget), so that the same strategy in two studies reads as one colour."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    groups: dict = {}
+    for r in rows:
+        if r["top1_mean"] is not None:
+            groups.setdefault((r["source"], r["epochs"], r["strategy"]), []).append(r)
+    sources = list(dict.fromkeys((source, epochs) for source, epochs, _ in groups))
+    for (source, epochs, strategy), pts in groups.items():
+        pts.sort(key=lambda r: r["macs"])
+        colour, marker = STYLE.get(strategy, ("#555555", "."))
+        ax.errorbar([r["macs"] / scale for r in pts], [r["top1_mean"] for r in pts],
+                    yerr=[r.get("top1_std") or 0.0 for r in pts], color=colour, marker=marker,
+                    capsize=3, linestyle=LINES[sources.index((source, epochs)) % len(LINES)],
+                    label=f"{source} ({epochs} ep): {strategy}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 accuracy (%), mean ± std over seeds")
+    ax.set_title("Compared: top-1 against MACs", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    return _save(fig, stem)
+
+
 def training_curves(curves: dict, stem: Path) -> list[Path]:
     """curves: {level label: {strategy: [(epoch, mean val top-1), ...]}}; one panel per level."""
     levels = list(curves)

@@ -17,7 +17,7 @@ h1{font-size:1.6em;border-bottom:2px solid #d55e00;padding-bottom:.2em}
 h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;white-space:nowrap}
-th{background:#f3f3f3}td.n{text-align:right}
+th{background:#f3f3f3;white-space:normal;vertical-align:bottom}td.n{text-align:right}
 .scroll{overflow-x:auto}
 tr:nth-child(even) td{background:#fafafa}
 figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}

@@ -19,17 +19,8 @@ from ..io.table import render
 from ..model.profile import STRATEGIES
 from . import stats
 from .render import Bullets, Figure, Heading, Note, Para, Pre, Table
-
-# The paper's Table 7 (docs/REFERENCE.md): scaling B0 one dimension at a time vs compound.
-PAPER_TABLE7 = {
-    "baseline": ("B0", 0.4, 77.3),
-    "depth": ("d=4", 1.8, 79.0),
-    "width": ("w=2", 1.8, 78.9),
-    "resolution": ("r=2", 1.9, 79.1),
-    "compound": ("d=1.4, w=1.2, r=1.3", 1.8, 81.1),
-}
-PAPER_LEVEL = 1.8 / 0.39  # the paper's Table 7 compares at ~4.6x B0's FLOPs
-
+from .tables import (PAPER_LEVEL, RUN_COLUMNS, comparison_rows, cost_rows, display_rows,
+                     macs_unit, measure_label, name_notes, run_rows, table7_rows)
 
 # -- reading runs ---------------------------------------------------------------------------
 
@@ -85,101 +76,10 @@ def _round(x, digits=3):
     return None if x is None else round(x, digits)
 
 
-def _macs_unit(rows) -> tuple[str, float]:
-    biggest = max((r["macs"] for r in rows), default=0)
-    return ("G", 1e9) if biggest >= 1e9 else ("M", 1e6)
-
-
-def _fmt(value, spec: str) -> str:
-    return "" if value is None else spec.format(value)
-
-
-def measure_label(rows: list[dict]) -> str:
-    """The device the rows' cost was measured on ("cpu", "cuda"), or "" when none was
-    measured; "mixed" when they differ (each row's CSV column says which)."""
-    devices = {r["measure_device"] for r in rows if r.get("measure_device")}
-    return "" if not devices else devices.pop() if len(devices) == 1 else "mixed"
-
-
-def display_rows(rows: list[dict]) -> list[dict]:
-    """The results table as people read it (Markdown / HTML); the measured columns name the
-    device they were measured on."""
-    unit, scale = _macs_unit(rows)
-    on = f", {measure_label(rows)}" if measure_label(rows) else ""
-    return [{
-        "strategy": r["strategy"], "level": r["level"], "model": r["model"],
-        "d": f"{r['d']:.3g}", "w": f"{r['w']:.3g}", "r": f"{r['r']:.3g}", "res": r["res"],
-        "params(M)": f"{r['params'] / 1e6:.3f}", f"MACs({unit})": f"{r['macs'] / scale:.4g}",
-        "ratio to target": f"{r['ratio']:.3f}",
-        "top-1 (%)": stats.format_pm(r["top1_mean"], r["top1_std"], r["n"]),
-        "n": f"{r['n']}/{r['planned']}",
-        "best epoch": "" if r["best_epoch"] is None else f"{r['best_epoch']:g}",
-        "wall time (s)": "" if r["wall_time_s"] is None else f"{r['wall_time_s']:.0f}",
-        f"train (img/s{on})": _fmt(r["train_img_s"], "{:.0f}"),
-        f"latency (ms{on})": _fmt(r["latency_ms"], "{:.2f}"),
-        f"peak (MiB{on})": _fmt(r["peak_mib"], "{:.1f}"),
-    } for r in rows]
-
-
 CSV_COLUMNS = ["strategy", "level", "model", "d", "w", "r", "res", "params", "macs",
                "target_macs", "ratio", "top1_mean", "top1_std", "n", "best_top1_mean",
                "best_epoch", "wall_time_s", "train_img_s", "latency_ms", "peak_mib",
                "measure_device"]
-
-
-def table7_rows(rows: list[dict], data: str = "ours") -> tuple[list[dict], str | None]:
-    """The paper's Table 7 (ImageNet) beside ours (on `data`) at the level closest to the
-    paper's (~4.6x B0). The column names say which dataset each number is on."""
-    levels = sorted({r["level"] for r in rows if r["strategy"] != "baseline"})
-    if not rows:
-        return [], None
-    base = next((r for r in rows if r["strategy"] == "baseline"), None)
-    base_macs = base["macs"] if base else None
-
-    def factor(level):
-        r = next(r for r in rows if r["level"] == level)
-        return r["target_macs"] / base_macs if base_macs else None
-
-    chosen = None
-    if levels and base_macs:
-        chosen = min(levels, key=lambda lv: abs(math.log(factor(lv) / PAPER_LEVEL)))
-    elif levels:
-        chosen = levels[-1]
-    out = []
-    for strategy in (s for s in STRATEGIES if s in PAPER_TABLE7):  # fast came later
-        paper_model, paper_flops, paper_top1 = PAPER_TABLE7[strategy]
-        ours = next((r for r in rows if r["strategy"] == strategy
-                     and (strategy == "baseline" or r["level"] == chosen)), None)
-        if ours is None:
-            continue
-        delta = (ours["top1_mean"] - base["top1_mean"]
-                 if base and ours["top1_mean"] is not None and base["top1_mean"] is not None
-                 else None)
-        out.append({
-            "strategy": strategy,
-            "paper model": paper_model, "paper FLOPs(B)": f"{paper_flops:g}",
-            "paper top-1 (ImageNet)": f"{paper_top1:.1f}",
-            "paper vs B0": f"{paper_top1 - PAPER_TABLE7['baseline'][2]:+.1f}",
-            "our model": ours["model"],
-            "our d/w/r": f"{ours['d']:.3g}/{ours['w']:.3g}/{ours['r']:.3g}",
-            "our MACs vs base": (f"{ours['macs'] / base_macs:.2f}x" if base_macs else ""),
-            f"our top-1 ({data})": stats.format_pm(ours["top1_mean"], ours["top1_std"], ours["n"]),
-            "ours vs base": "" if delta is None else f"{delta:+.2f}",
-        })
-    return out, chosen
-
-
-def comparison_rows(comparisons: list[stats.Comparison]) -> list[dict]:
-    def f(x, fmt="{:+.2f}"):
-        return "" if x is None else fmt.format(x)
-    return [{
-        "level": c.level, "compound vs": c.other, "n": c.n,
-        "compound top-1": f(c.compound_mean, "{:.2f}"), "other top-1": f(c.other_mean, "{:.2f}"),
-        "mean diff": f(c.diff), "95% CI": ("" if c.ci_low is None
-                                           else f"[{c.ci_low:+.2f}, {c.ci_high:+.2f}]"),
-        "p (paired t)": "" if c.p is None else stats.format_p(c.p),
-        "p (Holm)": "" if c.p_adj is None else stats.format_p(c.p_adj), "verdict": c.verdict,
-    } for c in comparisons]
 
 
 def curves(plan: dict, runs: dict[str, dict]) -> dict:
@@ -278,7 +178,7 @@ def _figures(rows: list[dict], curve_data: dict, plot_dir: Path, title: str) -> 
         if any(r["top1_mean"] is not None and r[key] is not None for r in rows):
             figures[name] = plots.accuracy_vs(rows, key, plot_dir / name, xlabel=xlabel,
                                               scale=scale, title=heading)
-    unit, scale = _macs_unit(rows)
+    unit, scale = macs_unit(rows)
     against("accuracy_vs_macs", "macs", f"MACs ({unit})", scale,
             f"Scaling {title} (cf. paper Figure 8)")
     against("accuracy_vs_params", "params", "parameters (M)", 1e6,
@@ -311,19 +211,23 @@ def write_results(study_dir: str | Path) -> dict:
     title = f"{plan['config']['base']} on {plan['config']['data']}"
     figures = _figures(rows, curves(plan, runs), study_dir / "plots", title)
     write_text(study_dir / "results.csv", render(rows, "csv", CSV_COLUMNS) + "\n")
-    md = [f"# Results: {title}", "",
-          "## Models (top-1 = final-epoch validation accuracy, mean ± std over seeds)", "",
-          render(display_rows(rows), "markdown"), "", cost_note(plan), "",
-          f"## Beside the paper's Table 7 (our level {t7_level}: closest to the paper's "
-          f"~{PAPER_LEVEL:.1f}x B0)", "", render(t7, "markdown") if t7 else "(no rows)", "",
-          "## Compound vs each other strategy (paired over seeds)", "",
-          render(comparison_rows(comparisons), "markdown") if comparisons else "(none)", ""]
+    write_text(study_dir / "runs.csv", render(run_rows(plan, runs), "csv", RUN_COLUMNS) + "\n")
+    md = [f"# Results: {title}", "", "## Conclusion", "", text, ""]
+    md += [f"![{name}](plots/{name}.png)" for name in figures if name == "accuracy_vs_macs"]
+    md += ["", "## Models (top-1 = final-epoch validation accuracy, mean ± std over seeds)", "",
+           render(display_rows(rows), "markdown"), "", "## Measured cost", "",
+           render(cost_rows(rows), "markdown"), "", cost_note(plan), "", "Model names:", ""]
+    md += [f"- {line}" for line in name_notes(rows)]
+    md += ["", f"## Beside the paper's Table 7 (our level {t7_level}: closest to the paper's "
+           f"~{PAPER_LEVEL:.1f}x B0)", "", render(t7, "markdown") if t7 else "(no rows)", "",
+           "## Compound vs each other strategy (paired over seeds)", "",
+           render(comparison_rows(comparisons), "markdown") if comparisons else "(none)", ""]
     md += [f"- {c.level}: {c.meaning}" for c in comparisons]
-    md += ["", "## Conclusion", "", text, ""]
+    md += [""]
     if plateau:
         md += ["## Trained to the plateau? (seed 0, twice the epochs)", "",
                render(plateau, "markdown"), ""]
-    md += [f"![{name}](plots/{name}.png)" for name in figures]
+    md += [f"![{name}](plots/{name}.png)" for name in figures if name != "accuracy_vs_macs"]
     write_text(study_dir / "results.md", "\n".join(md) + "\n")
     return {"rows": rows, "table7": t7, "table7_level": t7_level, "comparisons": comparisons,
             "plateau": plateau,
@@ -355,19 +259,26 @@ def study_sections(study_dir: Path, *, cams: bool, images: int, echo,
     title = f"effscale study: {cfg['base']} on {cfg['data']}"
     n_done = sum(1 for r in res["runs"].values() if r["finished"])
     n_all = len(plan["runs"])
-    s: list = [Para(res["conclusion"])]
+    s: list = [Heading("Verdict"), Para(res["conclusion"])]
     if n_done < n_all:
         s.append(Note(f"Partial study: {n_done} of {n_all} runs finished; the numbers "
                           f"below use the finished runs only. Re-run the study command to "
                           f"resume."))
     if cfg["seeds"] < 2:
         s.append(Note("One seed per model: no error bars and no significance tests."))
-    s += [Heading("Setup"), Table(_setup_rows(plan, rows)),
-          Heading("Models"),
+    device = measure_label(rows)
+    figures = [Figure(Path(paths[0]), CAPTIONS[name].format(device=device))
+               for name, paths in res["figures"].items()]
+    s += figures[:1]  # the verdict, then accuracy against MACs, then the tables
+    s += [Heading("Models"),
           Para("top-1 is the final-epoch validation accuracy, mean ± sample std over seeds; "
                 "d, w, r multiply the base's depth, width and resolution; ratio is the "
-                "model's MACs over its level's target."),
-          Table(display_rows(rows)), Para(cost_note(plan)),
+                "model's MACs over its level's target; the full model names are listed "
+                "below the cost table."),
+          Table(display_rows(rows)),
+          Heading("Measured cost"), Table(cost_rows(rows)), Para(cost_note(plan)),
+          Para("Model names:"), Bullets(name_notes(rows)),
+          Heading("Setup"), Table(_setup_rows(plan, rows)),
           Heading("Beside the paper's Table 7"),
           Para(f"Paper: ImageNet, 350 epochs. Ours: {cfg['data']}, level "
                 f"{res['table7_level']} (closest to the paper's ~{PAPER_LEVEL:.1f}x B0). Compare "
@@ -380,19 +291,14 @@ def study_sections(study_dir: Path, *, cams: bool, images: int, echo,
                 "the study's comparisons, so that the family as a whole keeps a 5% chance of "
                 "any false 'better' or 'worse'; the raw p is shown beside it."),
           Table(comparison_rows(res["comparisons"])),
-          Bullets([f"{c.level}: {c.meaning}" for c in res["comparisons"]]),
-          Heading("Conclusion"), Para(res["conclusion"])]
+          Bullets([f"{c.level}: {c.meaning}" for c in res["comparisons"]])]
     if res["plateau"]:
         s += [Heading("Trained to the plateau?"),
               Para(f"Seed 0 of each model, trained again for twice the epochs (the same "
                     f"schedule stretched, in {PLATEAU}/): a change of at most "
                     f"{PLATEAU_POINTS} points means the study's epochs reach the plateau."),
               Table(res["plateau"])]
-    s.append(Heading("Plots"))
-    device = measure_label(rows)
-    for name, paths in res["figures"].items():
-        s.append(Figure(Path(paths[0]), CAPTIONS[name].format(device=device)))
-    s.append(Heading("Class activation maps"))
+    s += [Heading("More plots"), *figures[1:], Heading("Class activation maps")]
     s.append(_cam_section(study_dir, plan, res["runs"], images, echo) if cams else
              Note("CAM figure skipped (--no-cams)."))
     s += _provenance(plan)

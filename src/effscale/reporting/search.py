@@ -83,15 +83,20 @@ def _coeffs(row) -> str:
     return f"the paper's {name}" if row["paper"] else name
 
 
-def write_search_results(search_dir) -> dict:
-    from . import plots
-    search_dir = Path(search_dir)
+def search_rows(search_dir: Path) -> tuple[dict, list[dict]]:
+    """(the search record, its candidates ranked by the finished runs' final top-1)."""
     record = load_record(search_dir, "search")
     top1 = {}
     for key in record["runs"]:
-        run = read_run(search_dir / "runs" / key)
+        run = read_run(Path(search_dir) / "runs" / key)
         top1[key] = run["summary"].get("final_top1") if run["finished"] else None
-    rows = ranked_rows(record, top1)
+    return record, ranked_rows(record, top1)
+
+
+def write_search_results(search_dir) -> dict:
+    from . import plots
+    search_dir = Path(search_dir)
+    record, rows = search_rows(search_dir)
     columns = ["rank", "alpha", "beta", "gamma", "product", "paper", "model", "params", "macs",
                "macs_vs_base", "top1_mean", "top1_std", "n"]
     write_text(search_dir / "search_results.csv", render(rows, "csv", columns) + "\n")
