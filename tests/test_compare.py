@@ -92,3 +92,17 @@ def test_compare_bad_input_is_one_line_and_touches_nothing(run_cli, tmp_path):
     code, _, err = run_cli("compare", a, b, "--out", out)
     assert code == 2 and "refusing to replace" in err and "PNG" in err
     assert _hash(out / "compare.csv") == kept and not (out / "compare.md").exists()
+
+
+def test_readme_compare_example_runs(run_cli, tmp_path, monkeypatch):
+    block = (ROOT / "README.md").read_text().split("## Report", 1)[1].split("```")[1]
+    commands = [line.split("#")[0].split()[1:] for line in block.splitlines()
+                if line.startswith("effscale compare")]
+    assert commands
+    monkeypatch.chdir(ROOT)  # the README's paths are relative to the repository
+    for argv in commands:
+        argv = [str(tmp_path / "out") if i and argv[i - 1] == "--out" else a
+                for i, a in enumerate(argv)]
+        code, stdout, err = run_cli(*argv)
+        assert code == 0, err
+        assert (tmp_path / "out" / "compare.csv").is_file() and "| compound |" in stdout
