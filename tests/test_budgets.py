@@ -2,6 +2,7 @@
 runs, the combined tables and the conclusion computed from them, exact re-planning."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,39 @@ def test_longest_runs_start_first():
     # big models: the arithmetic rules
     assert run_cost(dict(model="b3", epochs=1)) > 4 * run_cost(dict(model="b0", epochs=1))
     assert run_cost(dict(model="nonsense")) == 0.0
+
+
+def test_combined_tables_carry_the_measured_cost(tmp_path):
+    """The committed GPU budgets study, with a cost measured per model written into its
+    sub-studies' records: results.csv gives each model's measured cost and the measured-cost
+    table each budget's mean training time per run."""
+    import csv
+    import shutil
+    src = Path(__file__).resolve().parents[1] / "results" / "fashion-mnist-gpu"
+    out = tmp_path / "gpu"
+    shutil.copytree(src, out)
+    for sub_dir in out.glob("epochs-*"):
+        record = load_study(sub_dir)
+        record["measured"] = {m["model"]: {
+            "train_img_s": 1e9 / m["macs"], "infer_img_s": 3e9 / m["macs"],
+            "latency_ms": m["macs"] / 1e6, "latency_p90_ms": m["macs"] / 9e5,
+            "peak_mib": m["params"] / 1e5, "batch": 256, "device": "cuda",
+            "precision": "bf16", "peak_method": "cuda: max_memory_allocated", "rounds": 2,
+            "hardware": "test"} for m in record["models"]}
+        (sub_dir / "study.json").write_text(json.dumps(record))
+    res = report_budgets.write_budget_results(out)
+    sub = load_study(out / "epochs-48")
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    for r in rows:
+        measured = sub["measured"][r["model"]]
+        assert float(r["train_img_s"]) == pytest.approx(measured["train_img_s"], rel=1e-6)
+        assert float(r["latency_ms"]) == pytest.approx(measured["latency_ms"], rel=1e-6)
+        assert r["measure_device"] == measured["device"]
+    compound = [k for k, run in sub["runs"].items() if run["strategy"] == "compound"]
+    times = [json.loads((out / "epochs-48" / "runs" / k / "summary.json").read_text())
+             ["wall_time_s"] for k in compound]
+    line = next(r for r in report_budgets.cost_rows(res["results"])
+                if r["strategy"] == "compound")
+    assert line["train time 48 ep (s)"] == f"{sum(times) / len(times):.0f}"
+    assert line["model"] == "phi=3.84"
+    assert "## Measured cost" in (out / "results.md").read_text()

@@ -16,6 +16,7 @@ from ..io.table import render
 from ..model.profile import STRATEGIES
 from . import stats
 from .render import Bullets, Figure, Heading, Note, Para, Pre, Table, to_html, to_markdown
+from .tables import short_name
 
 PLATEAU_POINTS = 0.3  # near the plateau: the top budget moves a 3-seed mean by <= this
 
@@ -36,8 +37,37 @@ def budget_rows(results: dict[int, dict]) -> list[dict]:
     return [{"epochs": epochs, "strategy": r["strategy"], "level": r["level"],
              "model": r["model"], "params": r["params"], "macs": r["macs"],
              "top1_mean": r["top1_mean"], "top1_std": r["top1_std"], "n": r["n"],
-             "planned": r["planned"], "train_time_s": r["wall_time_s"]}
+             "planned": r["planned"], "train_time_s": r["wall_time_s"],
+             **{k: r[k] for k in MEASURED}}
             for epochs, res in sorted(results.items()) for r in res["rows"]]
+
+
+MEASURED = ("train_img_s", "latency_ms", "peak_mib", "measure_device")
+
+
+def cost_rows(results: dict[int, dict]) -> list[dict]:
+    """Per model: each run's training time at each budget (mean over seeds, on the machine
+    that trained it) and the cost measured once per model (shared by every budget)."""
+    budgets = sorted(results)
+    by_model: dict[tuple, dict[int, dict]] = {}
+    for epochs in budgets:
+        for r in results[epochs]["rows"]:
+            by_model.setdefault(model_key(r), {})[epochs] = r
+    out = []
+    for key in sorted(by_model, key=lambda k: (STRATEGIES.index(k[0]), k[1])):
+        rows = by_model[key]
+        any_row = next(iter(rows.values()))
+        line = {"strategy": key[0], "level": key[1], "model": short_name(any_row)}
+        for epochs in budgets:
+            t = rows.get(epochs, {}).get("wall_time_s")
+            line[f"train time {epochs} ep (s)"] = "" if t is None else f"{t:.0f}"
+        on = f", {any_row['measure_device']}" if any_row.get("measure_device") else ""
+        for name, key_, spec in ((f"train (img/s{on})", "train_img_s", "{:.0f}"),
+                                 (f"latency (ms{on})", "latency_ms", "{:.2f}"),
+                                 (f"peak (MiB{on})", "peak_mib", "{:.1f}")):
+            line[name] = "" if any_row.get(key_) is None else spec.format(any_row[key_])
+        out.append(line)
+    return out
 
 
 def change_rows(results: dict[int, dict]) -> list[dict]:
@@ -65,9 +95,6 @@ def change_rows(results: dict[int, dict]) -> list[dict]:
         last = line.get(f"change to {budgets[-1]}", "")
         line["plateau"] = "" if not last else ("yes" if abs(float(last)) <= PLATEAU_POINTS
                                                else "no")
-        top = rows.get(budgets[-1])
-        line[f"train time at {budgets[-1]} ep (s)"] = (
-            "" if not top or top["wall_time_s"] is None else f"{top['wall_time_s']:.0f}")
         out.append(line)
     return out
 
@@ -188,7 +215,7 @@ def _unfinished(results: dict[int, dict]) -> str:
 
 
 CSV_COLUMNS = ["epochs", "strategy", "level", "model", "params", "macs", "top1_mean",
-               "top1_std", "n", "planned", "train_time_s"]
+               "top1_std", "n", "planned", "train_time_s", *MEASURED]
 
 
 def write_budget_results(study_dir: str | Path) -> dict:
@@ -217,6 +244,7 @@ def write_budget_results(study_dir: str | Path) -> dict:
     md += [f"![{name}](plots/{name}.png)" for name in figures] + [""]
     md += ["## Top-1 at each budget (mean ± std over seeds) and the change per budget", "",
            render(changes, "markdown") if changes else "(no rows)", "",
+           "## Measured cost", "", render(cost_rows(results), "markdown"), "",
            "## Compound vs the other strategies at each budget (paired over seeds, "
            "Holm-corrected within each budget)", "",
            render(comparisons, "markdown") if comparisons else "(none)", "",
@@ -248,9 +276,14 @@ def budget_report(study_dir: str | Path, summary: dict | None = None, *, echo=pr
                                         "(error bars: std over seeds)"))
     s += [Heading("Top-1 at each budget"),
           Para(f"Mean ± std over seeds; 'plateau' says whether the last budget moved the mean "
-               f"by at most {PLATEAU_POINTS} points. Train time: one run's measured training "
-               f"time on {record.get('environment', {}).get('device', 'the device used')}."),
+               f"by at most {PLATEAU_POINTS} points."),
           Table(res["changes"]),
+          Heading("Measured cost"),
+          Para(f"Train time: each run's own training time at each budget, mean over seeds, on "
+               f"{record.get('environment', {}).get('device', 'the machine that trained it')}; "
+               f"speed, batch-1 latency and peak memory: measured once per model before "
+               f"training (each budget's results.md says how)."),
+          Table(cost_rows(res["results"])),
           Heading("Compound vs the other strategies at each budget"),
           Table(res["comparisons"]),
           Heading("Ranking by mean top-1"),
