@@ -1,16 +1,27 @@
 """Is the data loader ever what limits training? Loader images/s vs train-step images/s.
 
     .venv/bin/python benchmarks/loader.py [--device cpu] [--threads 2] [--batch-size 128]
+    .venv/bin/python benchmarks/loader.py --folder PATH [--workers 1] [--rounds 5]
+        [--resolutions 64 224]
 
 For each dataset and resolution: the loader's images/s (training mode, the dataset's default
 augmentation, resize and normalisation included) and the images/s of full training steps
 (forward, backward, SGD) of a small effscale model at that resolution, both on --device, and
 their ratio: a ratio well above 1 means the loader is never the bottleneck.
+
+--folder PATH: the image-folder loader against plain torchvision on the same files
+(PATH/train): `ImageFolder` + `DataLoader(persistent_workers=True)` with RandomResizedCrop,
+flip, ToDtype and Normalize per image, the usual torchvision training pipeline; and
+effscale's loader with its workers restarted every epoch (what it did before they were kept).
+Each round reads one epoch with each, interleaved, after one warm-up epoch each that is not
+counted (it starts the workers); the table gives the median img/s of the rounds and the
+median of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -61,8 +72,65 @@ def train_rate(resolution, *, batch_size, device, steps=8):
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def _epoch(loader) -> float:
+    """Images/s of one pass, every batch consumed as training would (float, normalised)."""
+    images, start = 0, time.perf_counter()
+    for x, _ in loader:
+        images += len(x)
+    return images / (time.perf_counter() - start)
+
+
+def folder_readers(root, resolution, batch_size, workers):
+    """name -> a function of the epoch that reads it: effscale (workers kept), effscale with
+    its workers restarted each epoch, torchvision ImageFolder + persistent DataLoader."""
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    from effscale.data.splits import IMAGENET_MEAN, IMAGENET_STD
+    data = load_data(f"imagefolder:{root}")
+    tv = v2.Compose([v2.RandomResizedCrop(resolution, antialias=True), v2.RandomHorizontalFlip(),
+                     v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    plain = torch.utils.data.DataLoader(datasets.ImageFolder(f"{root}/train", tv),
+                                        batch_size=batch_size, shuffle=True, drop_last=True,
+                                        num_workers=workers, persistent_workers=True)
+
+    def ours(epoch, restart=False):
+        if restart:
+            data.train.pool.close()
+        return make_loader(data.train, batch_size=batch_size, resolution=resolution, train=True,
+                           seed=0, epoch=epoch, augment=default_augment("imagefolder"),
+                           num_workers=workers)
+    return {"effscale": ours, "effscale, restarted": lambda e: ours(e, restart=True),
+            "torchvision": lambda e: plain}
+
+
+def compare_folder(args):
+    names = ("effscale", "effscale, restarted", "torchvision")
+    print(f"{args.folder}/train, batch {args.batch_size}, {args.workers} worker(s) each, "
+          f"{args.rounds} rounds after 1 warm-up, torch {torch.__version__}")
+    print(f"{'res':>4} " + " ".join(f"{n + ' img/s':>26}" for n in names)
+          + f" {'effscale/torchvision':>21}")
+    for r in args.resolutions:
+        readers = folder_readers(args.folder, r, args.batch_size, args.workers)
+        rates = {n: [] for n in names}
+        for epoch in range(args.rounds + 1):
+            for n in names:  # interleaved: each round's pair shares the machine's load
+                rate = _epoch(readers[n](epoch))
+                if epoch:
+                    rates[n].append(rate)
+        ratio = statistics.median(a / b for a, b in zip(rates["effscale"], rates["torchvision"]))
+        cells = " ".join(f"{statistics.median(v):>10,.0f} ({min(v):,.0f}-{max(v):,.0f})".rjust(26)
+                         for v in rates.values())
+        print(f"{r:>4} {cells} {ratio:>20.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", help="compare the image-folder loader with torchvision's "
+                                         "on PATH/train (see above)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -70,6 +138,8 @@ def main():
     parser.add_argument("--datasets", nargs="+", default=["digits", "fashion-mnist"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.folder:
+        return compare_folder(args)
     device = torch.device(args.device)
     print(f"device {device}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"torch {torch.__version__}")

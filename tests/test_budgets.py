@@ -110,7 +110,9 @@ def test_a_budgets_study_replans_identically_and_reruns_nothing(budget_dir, tmp_
 def test_a_single_budget_directory_is_not_mixed_with_a_budgets_study(tmp_path):
     out = tmp_path / "one"
     out.mkdir()
-    (out / "study.json").write_text(json.dumps({"kind": "study", "runs": {}}))
+    one = study(dict(QUICK, epochs=1, out=str(out)), command="t", dry_run=True,
+                echo=lambda *a: None)["plan"]  # a study at one budget, as it records itself
+    (out / "study.json").write_text(json.dumps(one))
     with pytest.raises(ValueError, match="one budget"):
         study(dict(QUICK, out=str(out)), command="t", dry_run=True, echo=lambda *a: None)
 

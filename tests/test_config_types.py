@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import effscale
-from effscale.model.names import KEYS, Variant, parse_name
+from effscale.model.names import (KEYS, MAX_DEPTH, MAX_RESOLUTION, MAX_WIDTH, Variant,
+                                  model_spec, parse_name)
 from effscale.training import Config, make_config, resolve
 from effscale.training.config import FIELD_TYPES, RECIPES, check_types
 
@@ -148,6 +149,7 @@ def test_committed_run_configs_pass_and_resolve_unchanged(path):
     assert check_types(saved) == saved
     resolved = resolve(make_config(saved), check_paths=False).as_dict()  # any machine
     assert resolved.pop("overwrite") is False  # newer than these runs; a runtime key
+    assert resolved.pop("val_fraction") == 0.1  # newer too; their data had val splits
     assert resolved == saved
     assert {k: type(v) for k, v in resolved.items()} == {k: type(v) for k, v in saved.items()}
 
@@ -169,8 +171,12 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                   max_size=3),
     max_leaves=6)
+# numeric extremes too: alpha ** 1e4 overflowed, a depth of 1e300 never finished counting
+EXTREMES = st.sampled_from(["1e4", "1e308", "-1e308", "1e400", "nan", "inf", "-inf", "1e-300",
+                            "-1e-300", "100", "100.0001", "8192", "8193", "1e6", "0", "-0"])
 NAME_VALUES = (st.floats().map(repr) | st.integers(-10 ** 6, 10 ** 6).map(str)
-               | st.text(max_size=5))
+               | st.integers(-10 ** 400, 10 ** 400).map(str) | EXTREMES
+               | st.floats(-1e6, 1e6).map(lambda v: f"{v:e}") | st.text(max_size=5))
 MODEL_NAMES = st.text(max_size=30) | st.builds(
     lambda base, items: base + ("@" + ",".join(items) if items else ""),
     st.sampled_from(["b0", "b3", "l2", "B1", "efficientnet-b2", "b9", ""]),
@@ -222,12 +228,30 @@ def test_any_json_values_give_a_config_or_one_line(values, train_size):
         assert resolve(cfg, train_size) == cfg
 
 
-@settings(max_examples=200, deadline=None)
-@given(name=MODEL_NAMES | st.text())
+# well-formed names whose numbers are extreme: every key, one or two at a time
+EXTREME_NAMES = st.builds(
+    lambda base, items: base + "@" + ",".join(f"{k}={v}" for k, v in items),
+    st.sampled_from(["b0", "l2"]),
+    st.lists(st.tuples(st.sampled_from(KEYS), EXTREMES | NAME_VALUES), min_size=1, max_size=2,
+             unique_by=lambda kv: kv[0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=MODEL_NAMES | EXTREME_NAMES | st.text())
+@example("b0@phi=1e4").via("effscale profile: OverflowError")
+@example("b0@phi=1e308").via("effscale profile: OverflowError")
+@example("b0@w=1e300").via("effscale profile: OverflowError")
+@example("b0@phi=100,alpha=10").via("depth 1e100")
 def test_any_model_name_parses_or_is_one_line(name):
+    """parse_name and then model_spec and profile (what `effscale profile NAME` does): a spec
+    or one line, never OverflowError or a count that never ends."""
     try:
         variant = parse_name(name)
+        assert isinstance(variant, Variant)
+        spec = model_spec(variant)
+        assert effscale.profile(spec).macs > 0
     except ValueError as exc:
         assert len(str(exc).splitlines()) == 1 and str(exc).strip(), repr(str(exc))
     else:
-        assert isinstance(variant, Variant)
+        assert spec.width <= MAX_WIDTH and spec.depth <= MAX_DEPTH
+        assert spec.resolution <= MAX_RESOLUTION

@@ -316,8 +316,11 @@ def test_imagefolder_loads_and_batches(folder):
 def test_imagefolder_missing_paths(folder, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_data(f"imagefolder:{tmp_path / 'nope'}")
-    (tmp_path / "train" / "a").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="lacks val/"):
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="lacks train/"):
+        load_data(f"imagefolder:{tmp_path}")
+    (tmp_path / "train" / "a").mkdir(parents=True)  # no val/ is fine (split off), no images not
+    with pytest.raises(FileNotFoundError, match="no images in train/"):
         load_data(f"imagefolder:{tmp_path}")
     with pytest.raises(ValueError, match="imagefolder:PATH"):
         load_data("imagefolder:")

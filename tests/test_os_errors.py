@@ -118,3 +118,55 @@ def test_effscale_data_unwritable_names_the_variable(tmp_path, monkeypatch):
     exc = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "data" / "cifar10"))
     line = os_error_line(exc, "train")
     assert "EFFSCALE_DATA=" in line and "Permission denied (errno 13)" in line
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk once a few bytes are in: what the kernel
+    says through write(2) to a Python file object."""
+
+    def __init__(self, file):
+        self.file, self.written = file, 0
+
+    def write(self, data):
+        if self.written + len(data) > 100:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_disk_full_while_saving_state_pt_is_one_line_and_keeps_the_last_state(
+        tmp_path, run_cli, monkeypatch, one_thread):
+    """torch.save given a path drops the errno ("file write failed"); the state is written
+    through a file object so the ENOSPC itself reaches the one-line OS error path."""
+    import builtins
+    import effscale.training.state as state
+    out, calls, before = tmp_path / "run", [], {}
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        file = builtins.open(path, mode, *args, **kwargs)
+        if "state.pt" in os.path.basename(str(path)) and "w" in mode:
+            calls.append(path)
+            if len(calls) == 2:  # epoch 2's commit point: epoch 1's state.pt is the last good
+                before.update(hashes(out))
+                return _FullDisk(file)
+        return file
+    monkeypatch.setattr(state, "open", fake_open, raising=False)
+    code, _, err = run_cli("train", *TINY, "--out", out)
+    line = one_line(err)
+    assert code == 2 and "No space left on device (errno 28)" in line, line
+    assert f"cannot write {out / 'state.pt'}" in line and "--resume" in line
+    assert before and hashes(out) == before  # state.pt of epoch 1, byte for byte
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    monkeypatch.undo()
+    code, _, err = run_cli("train", *TINY, "--out", out, "--resume")
+    assert code == 0, err
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs

@@ -5,6 +5,7 @@ whose retried task resumes to the same metrics as an uninterrupted run."""
 import contextlib
 import csv
 import json
+import re
 import os
 import secrets
 import shutil
@@ -251,3 +252,22 @@ def test_executor_flags_are_checked(run_cli, tmp_path, monkeypatch):
     code, out, err = run_cli("search", "--executor", "ray", "--seeds", "1", "--epochs", "1",
                              "--out", tmp_path / "s")
     assert code == 2 and err.strip().endswith("pip install 'effscale[ray]'"), err
+
+
+def test_match_on_ray_measures_on_a_worker(ray_cluster, tmp_path, run_cli, monkeypatch):
+    """`--match train-time --executor ray` sizes the models by what a Ray worker measures,
+    not the driver: here the driver cannot measure at all."""
+    from effscale.experiments import match_cost
+
+    def no_measuring_here(*args, **kwargs):
+        raise AssertionError("measured on the driver")
+    monkeypatch.setattr(match_cost, "measure_entries", no_measuring_here)
+    monkeypatch.setattr(match_cost, "_CACHE", {})
+    code, out, err = run_cli("study", "--strategies", "baseline,width,compound", "--seeds", "1",
+                             "--epochs", "1", "--match", "train-time", "--max-mismatch", "0.25",
+                             "--executor", "ray", "--address", ray_cluster, "--dry-run",
+                             "--out", tmp_path / "matched")
+    assert code == 0, err
+    pids = {int(p) for p in re.findall(r"measured on a Ray worker \(process (\d+), cpu\)", out)}
+    assert pids and os.getpid() not in pids, out
+    assert "width L2.5" in out

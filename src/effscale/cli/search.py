@@ -19,7 +19,8 @@ def add_parser(sub):
                     "paper's 1.2/1.1/1.15 on the same budget. Resumable like a study.")
     p.add_argument("--base", help=f"base model (default {d.base}: a tiny B0, 16 px with "
                                   f"--stem-stride 1)")
-    p.add_argument("--data", help=f"digits, fashion-mnist, cifar10, ... (default {d.data})")
+    p.add_argument("--data", help=f"digits, fashion-mnist, cifar10, ..., imagefolder:PATH, "
+                                  f"csv:FILE (default {d.data})")
     p.add_argument("--data-dir")
     p.add_argument("--recipe", help=f"training recipe (default {d.recipe})")
     p.add_argument("--alphas", help=f"grid: 1.0,1.1,1.2 or START:STOP:STEP, inclusive (default "

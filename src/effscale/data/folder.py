@@ -1,18 +1,16 @@
-"""`imagefolder:PATH`: an ImageNet-style tree (PATH/train/<class>/*.jpg, PATH/val/<class>/...)
-decoded by torchvision (PIL) in DataLoader worker processes.
-
-Train: RandomResizedCrop, optional flip and RandAugment / AutoAugment per image (the Inception
-preprocessing the EfficientNet paper used); eval: resize the short side to resolution / 0.875,
-centre crop. Workers return uint8; normalisation (and cutout) happen on the device, as for the
-in-memory datasets. Each image's augmentation is seeded from (seed, epoch, image index), so
-the result does not depend on which worker decoded it or where an epoch was resumed.
+"""`imagefolder:PATH`: an ImageNet-style tree (PATH/train/<class>/*.jpg, PATH/val/<class>/...,
+or PATH/train/ alone, or PATH/<class>/ alone) decoded by PIL in DataLoader worker processes
+(decoded.py: the transforms, the decode, the persistent workers). Without val/ the
+validation split is split off the images, `val_fraction` of each class, chosen by the seed
+(`splits.split_off`); csvfile.py builds its splits with `file_splits` too.
 
 Unreadable files (not images, truncated, unreadable on disk) are found when the folder is
 loaded, so no worker ever meets one: they are left out of their split, named in one
 `UnreadableImagesWarning` and listed in the split's `skipped`; a split with more than 1% of
 them is refused (ValueError). The check reads headers and PNG chunks, not pixels (about
-20 us a file from the page cache, 0.1-0.2 ms from a local disk); subsets are drawn from the readable
-files, so a subset holds as many images as asked for.
+20 us a file from the page cache, 0.1-0.2 ms from a local disk); subsets and split-off
+validation sets are drawn from the readable files, so a subset holds as many images as
+asked for.
 """
 
 from __future__ import annotations
@@ -20,17 +18,19 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .augment import NO_AUGMENT, Augment, cutout
-from .batching import (AUGMENT_STREAM, Normalisation, check_channels, derive_seed, generator,
-                       shard_batches, to_device, to_model_input)
-from .splits import IMAGENET_MEAN, IMAGENET_STD, Data, DatasetInfo, stratified_subset
+# decoded.py's names stay importable from here, where they lived first
+from .decoded import EVAL_CROP_FRACTION, FileReader, WorkerPool, decode, folder_transform, to_rgb
+from .splits import (IMAGENET_MEAN, IMAGENET_STD, Data, DatasetInfo, split_off,
+                     stratified_subset)
 
-EVAL_CROP_FRACTION = 0.875  # eval resizes to resolution / 0.875, then centre-crops
+__all__ = ["EVAL_CROP_FRACTION", "FolderSplit", "decode", "folder_transform", "load_imagefolder",
+           "to_rgb"]
+
 MAX_UNREADABLE = 0.01  # refuse a split when more than this fraction of its files is unreadable
 NAMED = 10  # unreadable files named in the warning (all of them are in `skipped`)
 
@@ -41,66 +41,99 @@ class UnreadableImagesWarning(UserWarning):
 
 @dataclass(frozen=True)
 class FolderSplit:
-    """One split of an image folder.
+    """One split of an image folder or a CSV file.
 
     skipped: the unreadable files left out of `samples`, as paths relative to the folder
-    given in `imagefolder:PATH` (e.g. "train/cat/x.jpg"), in file order; () when none. For
-    a run's record: `getattr(data.train, "skipped", ()) + getattr(data.val, "skipped", ())`
-    (in-memory splits have no such attribute).
+    given in `imagefolder:PATH` (e.g. "train/cat/x.jpg") or to the CSV file's folder, in
+    file order; () when none. For a run's record: `getattr(data.train, "skipped", ()) +
+    getattr(data.val, "skipped", ())` (in-memory splits have no such attribute).
+    root: the split's folder (PATH/train, PATH/val; PATH/train for a val split split off it;
+    the CSV file's folder). pool: the worker processes that decode it, shared with the other
+    split of its dataset.
     """
 
     root: Path
     samples: tuple[tuple[str, int], ...]  # (file path, class index)
     info: DatasetInfo
     skipped: tuple[str, ...] = ()
+    pool: WorkerPool = field(default_factory=lambda: WorkerPool(FileReader()), compare=False,
+                             repr=False)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def ref(self, index: int) -> tuple[str, int]:
+        """What a worker needs to produce item `index` (decoded.FileReader reads it)."""
+        return self.samples[index]
 
     @property
     def labels(self) -> torch.Tensor:
         return torch.tensor([label for _, label in self.samples], dtype=torch.int64)
 
 
-def load_imagefolder(path, *, subset=None, val_subset=None, seed=0) -> Data:
+def load_imagefolder(path, *, subset=None, val_subset=None, seed=0, val_fraction=0.1) -> Data:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"imagefolder path {root} does not exist or is not a folder")
-    missing = [d for d in ("train", "val") if not (root / d).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"imagefolder {root} lacks {' and '.join(m + '/' for m in missing)}"
-                                f" (expected train/ and val/ with one folder per class)")
-    classes = _class_folders(root / "train")
+    if (root / "val").is_dir() and not (root / "train").is_dir():
+        raise FileNotFoundError(f"imagefolder {root} lacks train/ (expected train/ and "
+                                f"optionally val/, with one folder per class)")
+    parts = [d for d in ("train", "val") if (root / d).is_dir()] or ["."]  # "." PATH/<class>/
+    classes = _class_folders(root / parts[0])
     if not classes:
         raise FileNotFoundError(f"imagefolder {root}: Couldn't find any class folder in "
-                                f"{root / 'train'}.")
-    unknown = sorted(set(_class_folders(root / "val")) - set(classes))
-    if unknown:
-        raise ValueError(f"imagefolder {root}: val/ has classes not in train/: "
-                         f"{', '.join(unknown[:5])}")
+                                f"{root / parts[0]}.")
+    if len(parts) == 2:
+        unknown = sorted(set(_class_folders(root / "val")) - set(classes))
+        if unknown:
+            raise ValueError(f"imagefolder {root}: val/ has classes not in train/: "
+                             f"{', '.join(unknown[:5])}")
     unfollowed: list[str] = []
-    train, val = (list_images(root, d, classes, unfollowed) for d in ("train", "val"))
+    listed = [list_images(root, d, classes, unfollowed, parts) for d in parts]
     _warn_unfollowed(root, unfollowed)
-    if not train or not val:
-        raise FileNotFoundError(f"imagefolder {root}: no images in "
-                                f"{'train/' if not train else 'val/'} "
-                                f"(extensions: {' '.join(IMG_EXTENSIONS)})")
+    for d, samples in zip(parts, listed):
+        if not samples:
+            raise FileNotFoundError(f"imagefolder {root}: no images in "
+                                    f"{'the class folders' if d == '.' else d + '/'} "
+                                    f"(extensions: {' '.join(IMG_EXTENSIONS)})")
     info = DatasetInfo(f"imagefolder:{path}", len(classes), tuple(classes), 3, None,
                        IMAGENET_MEAN, IMAGENET_STD)
-    splits = [FolderSplit(root / d, tuple(samples), info)
-              for d, samples in (("train", train), ("val", val))]
+    val = listed[1] if len(parts) == 2 else None
+    return file_splits(f"imagefolder {root}", root, info, listed[0], val, subset=subset,
+                       val_subset=val_subset, seed=seed, val_fraction=val_fraction,
+                       parts=("train/" if parts[0] == "train" else "image", "val/"),
+                       split_roots=(root / parts[0], root / parts[-1]))
+
+
+def file_splits(source: str, root: Path, info: DatasetInfo, train: list, val: list | None, *,
+                subset, val_subset, seed, val_fraction, parts=("train", "val"),
+                split_roots=None) -> Data:
+    """Data of (path, label) lists: unreadable files left out (refused above 1% of a split),
+    the validation split split off `train` when `val` is None, then the subsets. `source`
+    and `parts` name the dataset and its splits in messages; paths are named relative to
+    `root`. split_roots: each split's `root` (default `root`; explain/boxes.py names images
+    relative to it and to its parent)."""
     for n in (subset, val_subset):
         if n is not None and n < 1:
             raise ValueError(f"subset size must be >= 1, got {n}")
-    splits = [_without_unreadable(root, split) for split in splits]  # before the subsets
-    skipped = splits[0].skipped + splits[1].skipped
+    pool = WorkerPool(FileReader())  # one set of workers for both splits
+    train, bad_train = _without_unreadable(source, root, train, parts[0])
+    val, bad_val = _without_unreadable(source, root, val, parts[1]) if val is not None \
+        else (None, ())
+    skipped = bad_train + bad_val
     if skipped:
-        warnings.warn(f"imagefolder {root}: skipped {len(skipped)} unreadable image file"
-                      f"{'s' if len(skipped) > 1 else ''} (train {len(splits[0].skipped)}, val "
-                      f"{len(splits[1].skipped)}): {named(skipped)}",
-                      UnreadableImagesWarning, stacklevel=3)
+        warnings.warn(f"{source}: skipped {len(skipped)} unreadable image file"
+                      f"{'s' if len(skipped) > 1 else ''} (train {len(bad_train)}, val "
+                      f"{len(bad_val)}): {named(skipped)}", UnreadableImagesWarning, stacklevel=4)
+    if val is None:
+        labels = torch.tensor([label for _, label in train], dtype=torch.int64)
+        kept, held = split_off(labels, val_fraction, seed, source)
+        train, val = [train[k] for k in kept], [train[k] for k in held]
+    roots = split_roots or (root, root)
+    splits = [FolderSplit(roots[0], tuple(train), info, bad_train, pool),
+              FolderSplit(roots[1], tuple(val), info, bad_val, pool)]
     for i, n in enumerate((subset, val_subset)):
         if n is not None:
             keep = stratified_subset(splits[i].labels, n, seed).tolist()
@@ -116,7 +149,8 @@ def _inside(real: str, root_real: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def list_images(root: Path, split: str, classes, unfollowed: list[str]) -> list[tuple[str, int]]:
+def list_images(root: Path, split: str, classes, unfollowed: list[str],
+                parts=("train", "val")) -> list[tuple[str, int]]:
     """(file, class index) of split/<class>/**/*.<image extension>, in torchvision's order
     (classes sorted, then directories, then file names). A symlink is followed only when it
     leads inside `root` but outside every class folder (train/<class>, val/<class>: their
@@ -126,8 +160,7 @@ def list_images(root: Path, split: str, classes, unfollowed: list[str]) -> list[
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     root_real = os.path.realpath(root)
-    tops = [os.path.realpath(root / d / c) for d in ("train", "val")
-            for c in _class_folders(root / d)]
+    tops = [os.path.realpath(root / d / c) for d in parts for c in _class_folders(root / d)]
     tops = [t for t in tops if _inside(t, root_real)]
     followed: list[str] = []
 
@@ -213,119 +246,16 @@ def _check_files(paths: list[str]) -> list[bool]:
                 for ok in chunk]
 
 
-def _without_unreadable(root: Path, split: FolderSplit) -> FolderSplit:
-    ok = _check_files([path for path, _ in split.samples])
+def _without_unreadable(source: str, root: Path, samples: list, part: str):
+    """(the readable samples, the unreadable ones' paths relative to root); ValueError when
+    more than MAX_UNREADABLE of them are unreadable."""
+    ok = _check_files([path for path, _ in samples])
     bad = tuple(Path(os.path.relpath(path, root)).as_posix()
-                for (path, _), good in zip(split.samples, ok) if not good)
-    if len(bad) > MAX_UNREADABLE * len(split):
+                for (path, _), good in zip(samples, ok) if not good)
+    if len(bad) > MAX_UNREADABLE * len(samples):
         more = ", ..." if len(bad) > 3 else ""
-        raise ValueError(f"imagefolder {root}: {len(bad)} of {len(split)} {split.root.name}/ "
-                         f"files are unreadable ({100 * len(bad) / len(split):.1f}%, more than "
+        raise ValueError(f"{source}: {len(bad)} of {len(samples)} {part} "
+                         f"files are unreadable ({100 * len(bad) / len(samples):.1f}%, more than "
                          f"{100 * MAX_UNREADABLE:g}% skipped would bias the run): "
                          f"{', '.join(bad[:3])}{more}; fix or delete them")
-    if not bad:
-        return split
-    return replace(split, skipped=bad,
-                   samples=tuple(s for s, good in zip(split.samples, ok) if good))
-
-
-def decode(path: str):
-    """A file -> RGB PIL image (as ImageFolder's loader, PIL; torchvision.io's decoders are
-    deprecated since 0.29). The transforms crop before they resize, so PIL is cheap here."""
-    from PIL import Image
-    with open(path, "rb") as f:
-        image = Image.open(f)
-        image.load()
-    return to_rgb(image)
-
-
-def to_rgb(image):
-    """An image of any PIL mode -> 8-bit RGB. 16-bit greys ("I;16*", and "I", which is how
-    PIL opens some 16-bit files) are scaled (value >> 8; PIL's own convert clips them to 255,
-    turning mid-grey white); 32-bit floats ("F") are taken as 0-255 and clipped."""
-    import numpy as np
-    from PIL import Image
-    if image.mode.startswith("I"):
-        pixels = np.asarray(image).astype(np.int64)
-        image = Image.fromarray((np.clip(pixels, 0, 65535) >> 8).astype(np.uint8), "L")
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def folder_transform(resolution: int, train: bool, augment: Augment):
-    from torchvision.transforms import v2
-
-    if not train:
-        return v2.Compose([v2.Resize(round(resolution / EVAL_CROP_FRACTION), antialias=True),
-                           v2.CenterCrop(resolution), v2.PILToTensor()])
-    steps = [v2.RandomResizedCrop(resolution, antialias=True)]
-    if augment.flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if augment.autoaugment == "randaugment":
-        steps.append(v2.RandAugment())
-    elif augment.autoaugment == "autoaugment":
-        steps.append(v2.AutoAugment())
-    return v2.Compose(steps + [v2.PILToTensor()])  # uint8 (3, R, R)
-
-
-class _Files(torch.utils.data.Dataset):
-    """Keys are (index, seed): the seed makes each image's random transform reproducible."""
-
-    def __init__(self, samples, transform):
-        self.samples, self.transform = samples, transform
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, key):
-        index, seed = key
-        path, label = self.samples[index]
-        image = decode(path)
-        with torch.random.fork_rng(devices=[]):  # leave the process's RNG as it was
-            torch.manual_seed(seed)
-            image = self.transform(image)
-        return image, label
-
-
-class FolderLoader:
-    """Same interface as loader.TensorLoader: (images float32 (B, 3, R, R), labels int64)."""
-
-    def __init__(self, split: FolderSplit, *, batch_size, resolution, train, seed, epoch,
-                 augment, channels, rank, world_size, start_batch, device, drop_last=None,
-                 num_workers=None):
-        self.split, self.train = split, train
-        self.augment = augment if train else NO_AUGMENT
-        self.seed, self.epoch, self.rank, self.start_batch = seed, epoch, rank, start_batch
-        self.device = torch.device(device or "cpu")
-        self.channels = check_channels(channels, 3)
-        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
-        index_batches = shard_batches(len(split), batch_size=batch_size, train=train, seed=seed,
-                                      epoch=epoch, rank=rank, world_size=world_size,
-                                      drop_last=drop_last)
-        self.batches = index_batches
-        self.num_batches = len(index_batches)
-        self.transform = folder_transform(resolution, train, self.augment)
-        self.resolution = resolution
-        self.norm = Normalisation.of(split.info.mean, split.info.std, self.device)
-
-    def __len__(self) -> int:
-        return max(0, self.num_batches - self.start_batch)
-
-    def _keys(self):
-        return [[(i, derive_seed(self.seed, self.epoch, AUGMENT_STREAM, i)) for i in b.tolist()]
-                for b in self.batches[self.start_batch:]]
-
-    def __iter__(self):
-        keys = self._keys()
-        if not keys:
-            return
-        loader = torch.utils.data.DataLoader(
-            _Files(self.split.samples, self.transform), batch_sampler=keys,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
-        for b, (images, labels) in enumerate(loader, start=self.start_batch):
-            images, labels = to_device(images, self.device), to_device(labels, self.device)
-            if self.augment.cutout:
-                gen = generator(self.seed, self.epoch, AUGMENT_STREAM, self.rank, b)
-                images = cutout(images, self.augment.cutout, self.norm.fill, gen)
-            yield to_model_input(images, self.resolution, self.norm, self.channels), labels
+    return [s for s, good in zip(samples, ok) if good], bad

@@ -1,7 +1,8 @@
 """`load_data(name)`: find, read and split each dataset; the catalog of datasets.
 
-In-memory datasets come back as uint8 tensors on the requested device; `imagefolder:PATH`
-comes back as file lists that DataLoader workers decode (see folder.py).
+In-memory datasets come back as uint8 tensors on the requested device; `imagefolder:PATH`,
+`csv:FILE` and Python datasets come back as item lists that DataLoader workers decode
+(folder.py, csvfile.py, objects.py; decoded.py decodes them all).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from .idx import read_idx
 from .splits import Data, DatasetInfo, TensorSplit, subset_split
 
 # The built-in datasets and their (classes, channels), so that a plan needs no data loaded;
-# DATASETS (what a user may type) adds image folders.
+# DATASETS (what a user may type) adds image folders and CSV files.
 BUILTIN = {"digits": (10, 1), "fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3)}
-DATASETS = (*BUILTIN, "imagefolder:PATH")
+DATASETS = (*BUILTIN, "imagefolder:PATH", "csv:FILE")
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -52,19 +53,30 @@ def default_data_dir() -> Path:
     return path
 
 
-def load_data(name: str, *, data_dir=None, device="cpu", download: bool = True,
-              subset: int | None = None, val_subset: int | None = None, seed: int = 0) -> Data:
-    """Load dataset `name` (see DATASETS). subset / val_subset: a stratified subset of that many
-    train / val items, chosen by `seed` (for fast experiments and tests)."""
+def load_data(name, *, data_dir=None, device="cpu", download: bool = True,
+              subset: int | None = None, val_subset: int | None = None, seed: int = 0,
+              val_fraction: float = 0.1) -> Data:
+    """Load dataset `name` (see DATASETS), or Python datasets: a map-style Dataset or a
+    (train, val) pair (objects.py). subset / val_subset: a stratified subset of that many
+    train / val items, chosen by `seed` (for fast experiments and tests). val_fraction: what
+    is split off for validation (by `seed`) where a CSV or image folder has no val split."""
+    kw = dict(subset=subset, val_subset=val_subset, seed=seed, val_fraction=val_fraction)
     if not isinstance(name, str):
-        raise ValueError(f"dataset name must be a string, got {name!r}")
+        from .objects import load_datasets
+        return load_datasets(name, **kw)
     data_dir = Path(data_dir).expanduser() if data_dir else None
-    if name.startswith("imagefolder:") or name == "imagefolder":
-        from .folder import load_imagefolder
-        path = name.partition(":")[2]
+    source, _, path = name.partition(":")
+    if source in ("imagefolder", "csv"):
         if not path:
-            raise ValueError("imagefolder needs a path: imagefolder:PATH (with train/ and val/)")
-        return load_imagefolder(path, subset=subset, val_subset=val_subset, seed=seed)
+            raise ValueError("imagefolder needs a path: imagefolder:PATH (with train/ and "
+                             "optionally val/)" if source == "imagefolder" else
+                             "csv needs a file: csv:FILE (columns path,label[,split])")
+        from .csvfile import load_csv
+        from .folder import load_imagefolder
+        return (load_imagefolder if source == "imagefolder" else load_csv)(path, **kw)
+    if source == "python" and path:
+        raise ValueError(f"{name} was a Python dataset given to effscale.train(); pass the "
+                         f"dataset again (data=...)")
     if name == "digits":
         info, train, val = _digits()
     elif name == "fashion-mnist":

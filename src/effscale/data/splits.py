@@ -7,8 +7,16 @@ from typing import Any
 
 import torch
 
+# the sources decoded file by file in worker processes (on the CPU), not held as one tensor
+DECODED_PREFIXES = ("imagefolder:", "csv:", "python:")
+
 # torchvision's ImageNet normalisation: what pretrained weights and image folders expect
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def decoded_source(name) -> bool:
+    """Whether dataset `name` (or a Python dataset) is decoded in worker processes."""
+    return not isinstance(name, str) or name.startswith(DECODED_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -73,3 +81,25 @@ def subset_split(split: TensorSplit, n: int | None, seed: int) -> TensorSplit:
         raise ValueError(f"subset size must be >= 1, got {n}")
     index = stratified_subset(split.labels, n, seed).to(split.labels.device)
     return replace(split, images=split.images[index], labels=split.labels[index])
+
+
+VAL_SPLIT_STREAM = 3  # apart from batching.py's order (1) and augmentation (2) streams
+
+
+def split_off(labels: torch.Tensor, fraction: float, seed: int,
+              source: str = "dataset") -> tuple[list[int], list[int]]:
+    """(train indices, val indices), both sorted: a validation set of round(fraction x n)
+    items (at least 1, and 1 fewer than n at most), each class in proportion (within one
+    item), chosen by `seed`. A function of (labels, fraction, seed) only, so a run's
+    config.json (seed, val_fraction) reproduces it; other seeds give other splits."""
+    from .batching import derive_seed
+    n = len(labels)
+    if n < 2:
+        raise ValueError(f"{source}: {n} image{'s' if n != 1 else ''}: too few to split off a "
+                         f"validation set; add images or a val split")
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    count = min(n - 1, max(1, round(fraction * n)))
+    held = stratified_subset(labels, count, derive_seed(seed, VAL_SPLIT_STREAM)).tolist()
+    chosen = set(held)
+    return [i for i in range(n) if i not in chosen], held

@@ -27,7 +27,11 @@ def check_experiment(config) -> None:
         raise ValueError(f"jobs must be >= 1, got {config.jobs}")
     if config.stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {config.stem_stride}")
-    if config.data not in BUILTIN and not config.data.startswith("imagefolder:"):
+    if not isinstance(config.data, str):
+        raise ValueError("a study or search trains each run in a process of its own and takes "
+                         "data by name: write Python datasets to csv:FILE or imagefolder:PATH "
+                         "(effscale.train takes them as they are)")
+    if config.data not in BUILTIN and not config.data.startswith(("imagefolder:", "csv:")):
         raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)}")
     check_train_section(config.train)
     check_executor(config)
@@ -67,16 +71,22 @@ def check_executor(config) -> None:
                          "on a GPU)")
 
 
+def ray_resources(config) -> tuple[float, float]:
+    """(CPUs, GPUs) Ray reserves for one run (or one measurement) of a study or search."""
+    gpus = config.gpus_per_run
+    if gpus is None:  # Ray hides the GPUs from a task that reserved none
+        gpus = 1 if str(config.device or "").startswith("cuda") else 0
+    return config.cpus_per_run or 1, gpus
+
+
 def execute(jobs: list[Job], config, *, log_dir: Path, echo=print) -> dict:
     """Train the jobs with the config's executor (a study's or a search's: both carry jobs,
     device and the executor fields). Same answer from either: {key: status}."""
     if config.executor == "ray":
         from .ray_executor import run_jobs_ray
-        gpus = config.gpus_per_run
-        if gpus is None:  # Ray hides the GPUs from a task that reserved none
-            gpus = 1 if str(config.device or "").startswith("cuda") else 0
-        return run_jobs_ray(jobs, address=config.address, cpus_per_run=config.cpus_per_run or 1,
-                            gpus_per_run=gpus, echo=echo)
+        cpus, gpus = ray_resources(config)
+        return run_jobs_ray(jobs, address=config.address, cpus_per_run=cpus, gpus_per_run=gpus,
+                            echo=echo)
     # jobs None is auto: one worker per CPU core, or K per GPU with K from the memory plan
     # unless runs_per_gpu says (see run_jobs)
     return run_jobs(jobs, parallel=config.jobs, device=config.device, log_dir=log_dir,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from ..model.names import Variant
 from ..model.profile import macs_of, match_flops
 from .cost import DEFAULT_BATCH, measure_device, measure_entries
+from .executors import ray_resources
 
 COSTS = ("macs", "train-time", "latency", "memory")
 UNITS = {"train-time": "ms/img", "latency": "ms", "memory": "MiB"}
@@ -79,8 +80,9 @@ class Measurer:
 
     def __init__(self, on: str, *, device, batch, num_classes: int, in_chans: int,
                  stem_stride: int, precision=None, known: dict | None = None,
-                 replay: bool = False, echo=print):
+                 replay: bool = False, echo=print, measure=None):
         self.on, self.replay, self.echo = on, replay, echo
+        self.measure = measure  # None: measure_entries in this process; or on a Ray worker
         self.known = dict(known or {})
         self.device, self.batch = device, batch
         self.shape = dict(num_classes=num_classes, in_chans=in_chans, stem_stride=stem_stride,
@@ -104,8 +106,9 @@ class Measurer:
             anchors = [a for a in dict.fromkeys(anchors) if a in self.values and a not in fresh]
             self.echo(f"measuring the {self.on} of {len(fresh)} model"
                       f"{'s' if len(fresh) > 1 else ''} on {self.device} (batch {self.batch})")
-            found = measure_entries(fresh + anchors, device=self.device, batch=self.batch,
-                                    rounds=ROUNDS, warmup=WARMUP, **self.shape)
+            measure = self.measure or measure_entries
+            found = measure(fresh + anchors, device=self.device, batch=self.batch, rounds=ROUNDS,
+                            warmup=WARMUP, **self.shape)
             drift = math.exp(statistics.fmean(
                 [math.log(self.values[a] / cost_value(found[a], self.on)) for a in anchors]
                 or [0.0]))
@@ -122,20 +125,34 @@ class Measurer:
 def study_measurer(config, num_classes: int, in_chans: int, *, known=None, replay=False,
                    echo=print) -> Measurer:
     """The Measurer of a study: its device and batch (64 on CPU, 256 on CUDA by default)."""
-    device = config.device
-    if not replay:
+    device, measure = config.device, None
+    if config.executor == "ray":
+        # measured where the runs will train: a worker with a run's resources
+        device = config.device or ("cuda" if ray_resources(config)[1] else "cpu")
+        measure = _ray_measure(config, echo)
+    elif not replay:
         device = measure_device(config.device)
         if device is None:
             raise ValueError(f"--match {config.match} measures on {config.device}, but this "
                              f"machine has no CUDA GPU")
-        if config.executor == "ray":
-            echo(f"note: --match {config.match} measures on this machine (the Ray driver, "
-                 f"{device}), not on the cluster's workers")
     batch = config.batch_size or DEFAULT_BATCH["cuda" if str(device).startswith("cuda")
                                                else "cpu"]
     return Measurer(config.match, device=device, batch=batch, num_classes=num_classes,
                     in_chans=in_chans, stem_stride=config.stem_stride,
-                    precision=config.precision, known=known, replay=replay, echo=echo)
+                    precision=config.precision, known=known, replay=replay, echo=echo,
+                    measure=measure)
+
+
+def _ray_measure(config, echo):
+    """measure_entries, as one Ray task with a run's CPUs and GPUs."""
+    def measure(names, **kwargs):
+        from .ray_executor import measure_on_ray
+        cpus, gpus = ray_resources(config)
+        answer = measure_on_ray(names, address=config.address, cpus_per_run=cpus,
+                                gpus_per_run=gpus, **kwargs)
+        echo(f"measured on a Ray worker (process {answer['pid']}, {answer['device']})")
+        return answer["found"]
+    return measure
 
 
 class _Walk:

@@ -55,8 +55,9 @@ def _absolute(config: dict) -> dict:
         if config.get(key):
             config[key] = str(Path(config[key]).expanduser().absolute())
     data = config.get("data")
-    if isinstance(data, str) and data.startswith("imagefolder:"):
-        config["data"] = "imagefolder:" + str(Path(data.split(":", 1)[1]).expanduser().absolute())
+    if isinstance(data, str) and data.startswith(("imagefolder:", "csv:")):
+        source, path = data.split(":", 1)
+        config["data"] = f"{source}:" + str(Path(path).expanduser().absolute())
     return config
 
 
@@ -193,3 +194,37 @@ def run_jobs_ray(jobs: list[Job], *, address: str | None = None, cpus_per_run: f
         if started:
             ray.shutdown()
     return results
+
+
+def _measure_task(names: list[str], threads: int, kwargs: dict) -> dict:
+    """Measure models inside a Ray worker: the cost a run will pay is the worker's, not the
+    driver's (which may have no GPU, or another CPU)."""
+    import torch
+    torch.set_num_threads(threads)
+    from .cost import measure_device, measure_entries
+    device = measure_device(kwargs.pop("device"))
+    if device is None:
+        raise ValueError("the Ray worker has no CUDA GPU to measure on")
+    found = measure_entries(names, device=device, **kwargs)
+    return {"found": found, "device": device, "pid": os.getpid()}
+
+
+def measure_on_ray(names: list[str], *, address: str | None, cpus_per_run: float,
+                   gpus_per_run: float, **kwargs) -> dict:
+    """`measure_entries(names, **kwargs)` run as one Ray task with a run's resources, so that
+    `study --match ... --executor ray` sizes the models by what a worker measures. Returns
+    {"found": {name: entry}, "device": what the worker measured on, "pid": its process}."""
+    ray = _import_ray()
+    started = _connect(ray, address)
+    try:
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=1,
+                          retry_exceptions=False)(_measure_task)
+        ref = task.options(name="effscale:measure").remote(list(names),
+                                                          max(1, int(cpus_per_run)), kwargs)
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # the cause, not Ray's wrapper
+            raise (exc.cause or exc) from None
+    finally:
+        if started:
+            ray.shutdown()

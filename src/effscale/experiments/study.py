@@ -18,12 +18,12 @@ The study directory holds `study.json` (the resolved plan + environment + comman
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from ..io.lock import experiment_lock
+from ..io.readback import read_json
 from ..io.records import load_study
 from ..training.config import RUNTIME_FIELDS
 from .budgets import SUB, budget_study, sub_config
@@ -77,13 +77,18 @@ def plan_differences(study_dir: str | Path) -> list[str]:
             from ..training.config import make_config, resolve
             resolved = resolve(make_config(cfg, out=str(study_dir / "runs" / key)), train_size,
                                check_paths=False)
-            out += _config_differences(key, json.loads(saved.read_text()), resolved.as_dict())
+            out += _config_differences(key, read_json(saved, "run config"),
+                                       resolved.as_dict())
     return out
 
 
 def _config_differences(key: str, then: dict, now: dict) -> list[str]:
+    # a key added to Config after a run was saved had, in effect, its default then
+    from ..training.config import Config
+    defaults = Config().as_dict()
     return [f"{key}: {k} was {then.get(k)!r}, now {now.get(k)!r}"
-            for k in sorted((set(then) | set(now)) - RUNTIME_FIELDS) if then.get(k) != now.get(k)]
+            for k in sorted((set(then) | set(now)) - RUNTIME_FIELDS) if then.get(k) != now.get(k)
+            and not (k not in then and k in defaults and now.get(k) == defaults[k])]
 
 
 def study(config: StudyConfig | dict | None = None, *, command: str | None = None,

@@ -115,6 +115,19 @@ def _read_boxes_file(path: Path):
     except json.JSONDecodeError as exc:
         raise ValueError(f"boxes file {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}") from None
+    except (RecursionError, ValueError) as exc:  # nested too deep; an integer of 5,000 digits
+        raise ValueError(f"boxes file {path} is not usable JSON: {str(exc).splitlines()[0]}"
+                         ) from None
+
+
+def _finite(value) -> bool:
+    """A finite number that fits a float (JSON integers may not: 10**400 overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def load_boxes(boxes) -> dict[str, tuple[float, float, float, float]]:
@@ -132,8 +145,7 @@ def load_boxes(boxes) -> dict[str, tuple[float, float, float, float]]:
     out = {}
     for key, box in boxes.items():
         numbers = (isinstance(box, (list, tuple)) and len(box) == 4 and
-                   all(isinstance(v, (int, float)) and not isinstance(v, bool) and
-                       math.isfinite(v) for v in box))
+                   all(_finite(v) for v in box))
         if not numbers:
             raise ValueError(f"{source}: the box of {key!r} must be [x0, y0, x1, y1] (four "
                              f"numbers), got {json.dumps(box)}")

@@ -16,6 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .files import atomic_write
+from .readback import check_model_meta
+from ..model.names import model_spec
 from ..model.net import EfficientNet, create_model
 
 EMA_PREFIX = "ema."
@@ -53,18 +55,42 @@ def resolve_model_file(path: str | Path) -> Path:
 
 
 def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a model file; the metadata is checked (`check_model_meta`)
+    before a tensor is read, and the classifier must have the class count it states."""
     path = resolve_model_file(path)
     try:
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        tensors = load_file(str(path))
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"{path} is not an effscale checkpoint (not safetensors: {exc})") from None
     if "effscale" not in metadata:
         raise ValueError(f"{path} is a safetensors file without effscale metadata; "
                          f"use effscale.load_weights for foreign weights")
-    return tensors, json.loads(metadata["effscale"])
+    try:
+        meta = json.loads(metadata["effscale"])
+    except (ValueError, RecursionError):
+        raise ValueError(f"{path}: metadata key 'effscale' is not valid JSON; the file was "
+                         f"changed or is damaged") from None
+    meta = check_model_meta(meta, path)
+    # the classifier's shape against the metadata, so that a model edited into something
+    # else (b0 -> b0@w=100, 10 -> 10**5 classes) is refused before it is allocated
+    try:
+        head = model_spec(meta["model"], stem_stride=meta.get("stem_stride", 2)).head_channels
+    except ValueError as exc:
+        raise ValueError(f"{path}: key 'effscale.model': {exc}") from None
+    want, classifier = (meta["num_classes"], head), shapes.get("classifier.weight")
+    if classifier is not None and classifier != want:
+        raise ValueError(f"{path}: keys 'effscale.model' and 'effscale.num_classes' describe a "
+                         f"{want[0]} x {want[1]} classifier, but the file's is "
+                         f"{classifier[0]} x {classifier[1]}; the file was changed or is "
+                         f"damaged")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not an effscale checkpoint (not safetensors: {exc})") from None
+    return tensors, meta
 
 
 def split_ema(tensors: dict) -> tuple[dict, dict]:
@@ -83,6 +109,11 @@ def load_model_file(path: str | Path, *, use_ema: bool = True,
                          stem_stride=meta.get("stem_stride", 2), in_chans=meta.get("in_chans", 3))
     raw, ema = split_ema(tensors)
     chosen = ema if (use_ema and ema) else raw
-    model.load_state_dict(chosen)
+    try:
+        model.load_state_dict(chosen)
+    except RuntimeError as exc:  # torch lists every key and shape over many lines
+        first = str(exc).splitlines()[1:2] or str(exc).splitlines()[:1]
+        raise ValueError(f"{resolve_model_file(path)}: the weights do not fit the model its "
+                         f"metadata describes ({meta['model']}): {first[0].strip()}") from None
     meta = dict(meta, weights="ema" if chosen is ema else "raw")
     return model.to(map_location).eval(), meta

@@ -4,11 +4,11 @@ directory."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import platform
 from pathlib import Path
+
+from .readback import check_record, check_runs_agree, read_json, read_metrics, read_summary
 
 
 def environment(device: str | None = None) -> dict:
@@ -66,7 +66,11 @@ def load_record(path: str | Path, kind: str = "study") -> dict:
     file = Path(path) / RECORDS[kind]
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a {kind} directory (no {RECORDS[kind]})")
-    return json.loads(file.read_text())
+    # checked before anything plans, trains or reports from it: a hand-edited record (or runs
+    # that disagree with it) is one line naming the file and key, not a wrong table
+    record = check_record(read_json(file, f"{kind} record"), file)
+    check_runs_agree(path, record, file)
+    return record
 
 
 def load_study(study_dir: str | Path) -> dict:
@@ -98,18 +102,15 @@ def search_run_key(alpha: float, beta: float, seed: int, paper: bool = False) ->
 
 
 def read_run(run_dir: Path) -> dict:
-    """summary (or {}), per-epoch metrics rows, status."""
+    """summary (or {}), per-epoch metrics rows, status; each file checked (`io.readback`):
+    a damaged one is a ValueError naming it, never a run silently counted as unfinished."""
     run_dir = Path(run_dir)
     summary = {}
     if (run_dir / "summary.json").is_file():
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except ValueError:
-            summary = {}
+        summary = read_summary(run_dir / "summary.json")
     metrics = []
     if (run_dir / "metrics.csv").is_file():
-        with open(run_dir / "metrics.csv", newline="") as f:
-            metrics = list(csv.DictReader(f))
+        metrics = read_metrics(run_dir / "metrics.csv")
     return {"summary": summary, "metrics": metrics,
             "finished": summary.get("status") == "finished"}
 

@@ -23,6 +23,17 @@ ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
 FAST_ALPHA = 0.8  # Dollar et al.'s recommended fast compound scaling (dWr)
 KEYS = ("d", "w", "r", "res", "phi", "alpha", "beta", "gamma", "fast", "fast_alpha")
 
+# What a name may ask for. Far beyond any published member (L2: depth 5.3, width 4.3, 800 px)
+# and every match_flops grid, yet small enough that each count stays exact and quick: without
+# them alpha ** 1e4 overflows a float and a depth of 1e300 enumerates 1e300 blocks.
+MAX_DEPTH = MAX_WIDTH = 100.0     # the final depth and width coefficients
+MAX_RESOLUTION = 8192             # pixels, the final input side
+LIMITS = {"d": (0, 100), "w": (0, 100), "r": (0, 100), "res": (0, MAX_RESOLUTION),
+          "phi": (-100, 100), "alpha": (0.1, 10), "beta": (0.1, 10), "gamma": (0.1, 10),
+          "fast": (0, 1e6)}
+OPEN_BELOW = ("d", "w", "r", "res", "fast")  # must be > their lower limit
+POSITIVE = ("d", "w", "r", "res", "alpha", "beta", "gamma", "fast")
+
 
 def fast_factors(s: float, a: float = FAST_ALPHA) -> tuple[float, float, float]:
     """Depth, width and resolution multipliers of fast compound scaling by FLOPs factor s
@@ -102,6 +113,17 @@ def _number(key: str, text: str) -> float:
     return value
 
 
+def _check_limits(values: dict, name: str) -> None:
+    for key, value in values.items():
+        low, high = LIMITS.get(key, (-math.inf, math.inf))
+        if value <= 0 and key in POSITIVE:
+            raise ValueError(f"{key} must be > 0, got {value} in {name!r}")
+        if not low <= value <= high or (value == low and key in OPEN_BELOW):
+            span = f"{'(' if key in OPEN_BELOW else '['}{low:g}, {high:g}]"
+            raise ValueError(f"{name!r} scales the network out of range: {key} must be in "
+                             f"{span}, got {value:g}")
+
+
 def parse_name(name: str) -> Variant:
     if not isinstance(name, str) or not name.strip():
         raise ValueError("empty model name; try b0 ... b7, b8, l2 or b0@phi=1")
@@ -130,9 +152,7 @@ def parse_name(name: str) -> Variant:
         values[key] = value
     if options and not values:
         raise ValueError(f"{name!r} has '@' but no KEY=VALUE after it")
-    for key in ("d", "w", "r", "res", "alpha", "beta", "gamma", "fast"):
-        if key in values and values[key] <= 0:
-            raise ValueError(f"{key} must be > 0, got {values[key]} in {name!r}")
+    _check_limits(values, name)
     if "r" in values and "res" in values:
         raise ValueError(f"give r (a multiplier) or res (pixels), not both, in {name!r}")
     if "phi" not in values and any(k in values for k in ("alpha", "beta", "gamma")):
@@ -159,8 +179,18 @@ def check_resolution(resolution: int, stem_stride: int = 2, what: str = "") -> N
 def model_spec(name: str | Variant, *, stem_stride: int = 2) -> ModelSpec:
     """Frozen, torch-free description of a model name (see `ModelSpec`)."""
     variant = name if isinstance(name, Variant) else parse_name(name)
-    if variant.width * 1280 < 1 or variant.depth <= 0:
+    try:
+        width, depth, resolution = variant.width, variant.depth, variant.resolution
+    except (OverflowError, ValueError):  # a Variant built directly, past parse_name's limits
+        raise ValueError(f"{variant} scales the network out of range: beyond any size "
+                         f"that can be counted") from None
+    if width * 1280 < 1 or depth <= 0:
         raise ValueError(f"{variant} scales the network below one channel")
-    check_resolution(variant.resolution, stem_stride, str(variant))
-    return build_spec(str(variant), variant.width, variant.depth, variant.resolution,
-                      FAMILY[variant.base].dropout)
+    for what, value, limit in (("depth", depth, MAX_DEPTH), ("width", width, MAX_WIDTH),
+                               ("resolution", resolution, MAX_RESOLUTION)):
+        if not value <= limit:
+            raise ValueError(f"{variant} scales the network out of range: {what} {value:.4g} "
+                             f"is above the limit {limit:g} (L2, the largest published "
+                             f"member, has depth 5.3, width 4.3, 800 px)")
+    check_resolution(resolution, stem_stride, str(variant))
+    return build_spec(str(variant), width, depth, resolution, FAMILY[variant.base].dropout)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import asdict, dataclass
 
-from .names import Variant, check_fast_alpha, check_resolution, model_spec, parse_name
+from .names import (MAX_RESOLUTION, Variant, check_fast_alpha, check_resolution, model_spec,
+                    parse_name)
 from .spec import FAMILY, ModelSpec, conv_out, output_stride
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -180,7 +181,7 @@ def _variant(base: Variant, dimension: str, value: float | int) -> Variant:
 def _grid(dimension: str, stem_stride: int):
     """The values match_flops searches along a dimension, in increasing MACs."""
     if dimension == "resolution":
-        return range(output_stride(stem_stride), 8193)
+        return range(output_stride(stem_stride), MAX_RESOLUTION + 1)
     if dimension == "compound":
         return [round(-12 + STEP * i, 4) for i in range(int(24 / STEP) + 1)]
     if dimension == "fast":  # s is a FLOPs factor: up to 64x the base's MACs

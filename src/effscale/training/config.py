@@ -37,7 +37,9 @@ class Config:
     """Everything a run depends on, as plain values. None means "the recipe's value"."""
     # what to train, on what, where to
     model: str = flag("b0", 'model name, e.g. b0, b3, b0@phi=-2,res=64 (default b0)')
-    data: str = flag("digits", 'the dataset (default digits)', choices=DATASETS)
+    data: str = flag("digits", 'the dataset (default digits): a built-in name, imagefolder:PATH '
+                     '(PATH/train/<class>/*, val/ optional) or csv:FILE (columns path,label'
+                     '[,split], paths relative to FILE)', choices=DATASETS)
     data_dir: str | None = flag(None,
                                 "where the dataset files are (default: the dataset's usual "
                                 'place)')
@@ -52,6 +54,10 @@ class Config:
     pretrained: str | None = flag(None, 'fine-tune from this model file or weights file')
     subset: int | None = flag(None, 'train on this many images only', range=">= 1")
     val_subset: int | None = flag(None, 'validate on this many images only', range=">= 1")
+    val_fraction: float = flag(0.1,
+                               'of each class, split off for validation (by --seed) where csv: '
+                               'or imagefolder: data has no val split (default 0.1)',
+                               range="(0, 1)")
     # recipe values (see recipes.py); None: take the recipe's
     epochs: int | None = flag(None, "epochs (default: the recipe's)", range=">= 1")
     batch_size: int | None = flag(None,
@@ -110,7 +116,8 @@ class Config:
     memory_budget: str | float | None = flag(None,
                                              'plan micro-batches for this much memory, e.g. 8GB')
     sync_bn: bool = flag(False, 'synchronise BatchNorm statistics across ranks')
-    workers: int | None = flag(None, 'data worker processes for imagefolder',
+    workers: int | None = flag(None, 'processes decoding imagefolder:, csv: and Python data, '
+                               'kept across epochs (default: the available cores)',
                                range=">= 0")
     eval_batch_size: int = flag(256, range=">= 1")
     # safety and output

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
 import os
 import sys
@@ -51,6 +50,7 @@ from torch import nn
 from ..io import checkpoint as ckpt
 from .ema import ModelEma
 from ..io.files import write_json
+from ..io.readback import read_summary
 from ..io.lock import Stopped, StopSignals, dir_lock, signal_name, stop_signals
 from ..model.memory import plan
 from .optim import create_optimizer
@@ -116,10 +116,17 @@ def train(config=None, **overrides) -> dict:
     checkpoint at the current step (`Stopped`); the caller's signal handlers are restored.
     """
     wait = overrides.pop("wait", None)  # None: io.lock.waiting's default (the CLI's --wait)
+    given = overrides.get("data")  # Python datasets: the config records their name
+    if given is not None and not isinstance(given, str):
+        from ..data.objects import datasets_name, is_datasets
+        if not is_datasets(given):
+            raise ValueError(f"data must be a dataset name, a map-style Dataset or a (train, "
+                             f"val) pair of them, got {type(given).__name__}")
+        overrides["data"] = datasets_name(given)
     with caller_state_kept():
         cfg = run_config(config, overrides)
         with run_dir_lock(cfg, wait), stop_signals() as signals:
-            return _train(cfg, signals)
+            return _train(cfg, signals, given if not isinstance(given, str) else None)
 
 
 def run_dir_lock(cfg: Config, wait: bool | None):
@@ -133,16 +140,16 @@ def run_dir_lock(cfg: Config, wait: bool | None):
     return dir_lock(out, wait=wait, log=lambda m: print(m, file=sys.stderr, flush=True))
 
 
-def _train(cfg: Config, signals: StopSignals | None = None) -> dict:
+def _train(cfg: Config, signals: StopSignals | None = None, given=None) -> dict:
     dist, device = setup_distributed(cfg.device)
     progress = Progress(dist.main, cfg.quiet)
     saved = saved_state(cfg, dist, progress.log)
     if saved is not None and saved["epoch"] >= cfg.epochs and (Path(cfg.out) / "summary.json").is_file():
         progress.log(f"{cfg.out} already finished")
         teardown_distributed(dist)
-        return json.loads((Path(cfg.out) / "summary.json").read_text())
+        return read_summary(Path(cfg.out) / "summary.json")  # checked: it may be edited
 
-    run, state = setup(cfg, dist, device, progress, saved)
+    run, state = setup(cfg, dist, device, progress, saved, given)
     run = replace(run, signals=signals)
     # RNG last, after every setup call that might draw from it: drop-path and dropout masks
     # (and any augmentation drawn from the global RNG) continue exactly where they stopped
@@ -158,6 +165,8 @@ def _train(cfg: Config, signals: StopSignals | None = None) -> dict:
         if signals is not None and signals.agreed and state.epoch < cfg.epochs:
             stop(run, state)  # the end of the epoch saved the state: stop there
     summary = finish(run, state)
+    if hasattr(run.data.train, "pool"):  # decoding workers: now, not whenever run is garbage
+        run.data.train.pool.close()
     teardown_distributed(dist)
     return summary
 
@@ -179,14 +188,16 @@ def saved_state(cfg: Config, dist: Dist, log) -> dict | None:
 # -- setup ---------------------------------------------------------------------------------------
 
 def setup(cfg: Config, dist: Dist, device: torch.device, progress: Progress,
-          saved: dict | None) -> tuple[Run, RunState]:
-    """Data, model, optimizer, EMA and micro-batch plan; then the saved state or a new run
-    directory; then the wrapped model and the loaders."""
+          saved: dict | None, given=None) -> tuple[Run, RunState]:
+    """Data (`given`: Python datasets, else cfg.data), model, optimizer, EMA and micro-batch
+    plan; then the saved state or a new run directory; then the wrapped model and the
+    loaders."""
     from ..data import load_data
     seed_everything(cfg.seed)  # the same initial weights on every rank
     # data: in-memory datasets live on the device as uint8 and are augmented there
-    data = load_data(cfg.data, data_dir=cfg.data_dir, device=data_device(cfg.data, device),
-                     subset=cfg.subset, val_subset=cfg.val_subset, seed=cfg.seed)
+    data = load_data(cfg.data if given is None else given, data_dir=cfg.data_dir,
+                     device=data_device(cfg.data, device), subset=cfg.subset,
+                     val_subset=cfg.val_subset, seed=cfg.seed, val_fraction=cfg.val_fraction)
     cfg = resolve(cfg, train_size=len(data.train))  # the default batch depends on the data
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
@@ -282,7 +293,8 @@ def make_run(cfg: Config, dist: Dist, device: torch.device, progress: Progress, 
                     decay_epochs=cfg.decay_epochs, warmup_fraction=cfg.warmup_fraction,
                     momentum=cfg.momentum, momentum_at_peak=cfg.momentum_at_peak)
     meta = dict(dataset=cfg.data, class_names=list(info.class_names), mean=list(info.mean),
-                std=list(info.std), data_dir=cfg.data_dir, recipe=cfg.recipe)
+                std=list(info.std), data_dir=cfg.data_dir, recipe=cfg.recipe,
+                split_seed=cfg.seed, val_fraction=cfg.val_fraction)  # a split-off val set
     return Run(cfg=cfg, dist=dist, device=device, progress=progress, data=data,
                train_model=train_model, no_sync=no_sync,
                criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),

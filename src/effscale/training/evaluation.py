@@ -65,31 +65,42 @@ def evaluate_model(model, loader, *, device, amp, channels_last=False, tta_flip=
 
 def data_device(data_name: str, device: torch.device) -> torch.device | str:
     """Where a dataset is loaded: in-memory datasets live on the training device as uint8 (and
-    are augmented there); image folders are decoded on the CPU."""
-    return "cpu" if str(data_name).startswith("imagefolder:") else device
+    are augmented there); image folders, CSV files and Python datasets are decoded on the CPU."""
+    from ..data.splits import decoded_source
+    return "cpu" if decoded_source(data_name) else device
 
 
 def evaluate(checkpoint, data=None, *, data_dir=None, tta_flip: bool = False, use_ema: bool = True,
              batch_size: int = 256, device: str = "auto", subset=None) -> dict:
     """top-1 / top-5 (percent), loss and image count of a model file or run directory on a
-    dataset's validation split (default: the dataset it was trained on)."""
+    dataset's validation split (default: the dataset it was trained on; a validation split
+    that training split off is split off the same way again). `data` may be a Python
+    dataset (all of it is scored) or a (train, val) pair of them."""
     from ..data import load_data, make_loader
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                           else "cpu" if device == "auto" else device)
     model, meta = ckpt.load_model_file(checkpoint, use_ema=use_ema, map_location=device)
-    data = data or meta.get("dataset")
+    data = meta.get("dataset") if data is None else data
     if not data:
         raise ValueError(f"{checkpoint} does not say which dataset it was trained on; pass --data")
+    objects = not isinstance(data, str)
+    if objects and not isinstance(data, (tuple, list)):
+        data = (data, data)  # one dataset: all of it is the validation split
     dataset = load_data(data, data_dir=data_dir or meta.get("data_dir"),
-                        device=data_device(data, device), val_subset=subset)
-    if dataset.info.num_classes != model.num_classes:
-        raise ValueError(f"{data} has {dataset.info.num_classes} classes but the model "
+                        device=data_device(data, device), val_subset=subset,
+                        seed=meta.get("split_seed", 0), val_fraction=meta.get("val_fraction", 0.1))
+    classes = dataset.info.num_classes  # a Python dataset's may stop below the model's top class
+    if classes != model.num_classes and not (objects and classes < model.num_classes):
+        raise ValueError(f"{dataset.info.name} has {classes} classes but the model "
                          f"predicts {model.num_classes}")
+    data = dataset.info.name if objects else data
     channels = model.in_chans if model.in_chans != dataset.info.in_chans else None
     loader = make_loader(dataset.val, batch_size=batch_size, resolution=model.spec.resolution,
                          train=False, seed=0, epoch=0, channels=channels, device=device)
     amp = autocast(device, resolve_precision("auto", device))
     result = evaluate_model(model, loader, device=device, amp=amp, tta_flip=tta_flip)
+    if hasattr(dataset.val, "pool"):
+        dataset.val.pool.close()  # its decoding workers, now
     return dict(result, weights=meta["weights"], model=meta["model"], data=data)

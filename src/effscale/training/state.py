@@ -82,7 +82,7 @@ class RunState:
         rngs = gather_rng_states(dist)
         if dist.main:
             snapshot = self.snapshot(rngs, finished)
-            atomic_write(path, lambda tmp: torch.save(snapshot, tmp),
+            atomic_write(path, lambda tmp: save_torch(snapshot, tmp),
                          previous=Path(path).with_name(PREVIOUS_STATE_FILE))
         self.saved_at = time.monotonic()
 
@@ -101,6 +101,15 @@ class RunState:
         self.elapsed = saved["elapsed"]
         self.epoch_sums = dict(saved["epoch_sums"])
         self.micro_batch = min(self.micro_batch, saved.get("micro_batch", self.micro_batch))
+
+
+def save_torch(value, path: str | Path) -> None:
+    """torch.save through a Python file: given a path, torch writes with its own C++ stream
+    and a full disk comes back as "file write failed" without an errno; through a file object
+    the OSError (ENOSPC, EDQUOT, EIO...) of the failed write is raised or chained, so
+    `atomic_write` names the path and the cause."""
+    with open(path, "wb") as f:
+        torch.save(value, f)
 
 
 def _cpu(state: dict) -> dict:
