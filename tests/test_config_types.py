@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 import effscale
 from effscale.model.names import (KEYS, MAX_DEPTH, MAX_RESOLUTION, MAX_WIDTH, Variant,
                                   model_spec, parse_name)
-from effscale.training import Config, make_config, resolve
-from effscale.training.config import FIELD_TYPES, RECIPES, check_types
+from effscale.training import Config, fit_to_data, make_config
+from effscale.training.config import FIELD_TYPES, RECIPES, check_paths, check_types
+from effscale.training.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,13 +111,13 @@ def test_wrong_types_name_key_value_and_type(values, message):
 ])
 def test_values_out_of_range_are_refused_when_resolved(values, message):
     with pytest.raises(ValueError) as raised:
-        resolve(make_config(values), train_size=1000)
+        fit_to_data(make_config(values), train_size=1000)
     assert message in _one_line(str(raised.value))
 
 
 def test_numbers_are_numbers_and_nothing_is_coerced():
-    cfg = resolve(make_config({"lr": 1, "momentum": 0, "flip": False, "memory_budget": 8e9,
-                               "crop_padding": None}))
+    cfg = make_config({"lr": 1, "momentum": 0, "flip": False, "memory_budget": 8e9,
+                       "crop_padding": None})
     assert cfg.lr == 1 and cfg.momentum == 0 and cfg.flip is False
     assert cfg.memory_budget == 8e9 and cfg.crop_padding is None
     # NumPy scalars (a sweep over np.arange) become plain Python numbers
@@ -147,7 +148,7 @@ def test_there_are_committed_run_configs():
 def test_committed_run_configs_pass_and_resolve_unchanged(path):
     saved = json.loads(path.read_text())
     assert check_types(saved) == saved
-    resolved = resolve(make_config(saved), check_paths=False).as_dict()  # any machine
+    resolved = make_config(saved).as_dict()  # paths unchecked: any machine
     assert resolved.pop("overwrite") is False  # newer than these runs; a runtime key
     assert resolved.pop("val_fraction") == 0.1  # newer too; their data had val splits
     assert resolved == saved
@@ -157,11 +158,14 @@ def test_committed_run_configs_pass_and_resolve_unchanged(path):
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 @pytest.mark.parametrize("train_size", [None, 100, 1437, 60000])
 def test_every_recipe_resolves_to_its_own_values(recipe, train_size):
-    cfg = resolve(make_config(recipe=recipe), train_size)
-    for key, value in RECIPES[recipe].as_dict().items():
-        if key not in ("name", "batch_size", "lr"):
+    cfg = make_config(recipe=recipe)
+    if train_size is not None:
+        cfg = fit_to_data(cfg, train_size)
+    for key, value in get_recipe(recipe).items():
+        if key != "batch_size":
             assert getattr(cfg, key) == value and type(getattr(cfg, key)) is type(value), key
-    assert resolve(cfg, train_size) == cfg  # resolving twice is harmless
+    if train_size is not None:
+        assert fit_to_data(cfg, train_size) == cfg  # fitting twice is harmless
 
 
 # -- property: any JSON for any key is a Config or one line --------------------------------------
@@ -217,7 +221,10 @@ def test_any_json_values_give_a_config_or_one_line(values, train_size):
     paths = {k: values[k] for k in ("pretrained", "data_dir")
              if isinstance(values.get(k), str) and values[k]}
     try:
-        cfg = resolve(make_config(values), train_size)
+        cfg = make_config(values)
+        check_paths(cfg)
+        if train_size is not None:
+            cfg = fit_to_data(cfg, train_size)
     except ValueError as exc:
         assert len(str(exc).splitlines()) == 1 and str(exc).strip(), repr(str(exc))
     except FileNotFoundError as exc:  # only for a path that is not there
@@ -225,7 +232,9 @@ def test_any_json_values_give_a_config_or_one_line(values, train_size):
     else:
         assert isinstance(cfg, Config)
         assert check_types(cfg.as_dict()) == cfg.as_dict()
-        assert resolve(cfg, train_size) == cfg
+        assert make_config(cfg) == cfg  # merging a merged config changes nothing
+        if train_size is not None:
+            assert fit_to_data(cfg, train_size) == cfg
 
 
 # well-formed names whose numbers are extreme: every key, one or two at a time

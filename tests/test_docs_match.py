@@ -93,8 +93,8 @@ def test_readme_study_example_plans(command, run_cli, tmp_path):
 def test_bare_train_says_what_it_trains():
     from effscale.cli.train import default_model_line
     from effscale.model.names import parse_name
-    from effscale.training.config import Config, resolve
-    cfg = resolve(Config())
+    from effscale.training.config import make_config
+    cfg = make_config()
     line = default_model_line(None, {})
     assert line == (f"no --model: training {cfg.model} at {parse_name(cfg.model).resolution} px "
                     f"on {cfg.data} for {cfg.epochs} epochs (slow on a CPU: try --model "

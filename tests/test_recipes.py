@@ -28,7 +28,7 @@ def test_default_batch_and_lr_follow_the_data(tmp_path):
                              out=str(tmp_path / "run"), quiet=True)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert summary["status"] == "finished"
-    assert config["batch_size"] == 64 and config["lr"] == pytest.approx(fast.lr_per_256 * 64 / 256)
+    assert config["batch_size"] == 64 and config["lr"] == pytest.approx(fast["lr_per_256"] * 64 / 256)
     given = effscale.train(model="b0@phi=-10,res=16", data="digits", stem_stride=1, epochs=1,
                            batch_size=128, out=str(tmp_path / "given"), quiet=True)
     assert given["status"] == "finished"

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import effscale
-from effscale.training import NonFiniteLossError, evaluate_model, make_config, read_state, resolve
+from effscale.training import (NonFiniteLossError, evaluate_model, fit_to_data, make_config,
+                               read_state)
 
 from conftest import FASHION_DIR
 
@@ -173,8 +174,8 @@ def test_fine_tune_from_model_file(tmp_path):
     assert tuned.num_classes == 10 and meta["dataset"] == "digits"
     torch.testing.assert_close(tuned.stem.conv.weight, source.stem.conv.weight)
     # the paper recipe's transfer learning rate is its ImageNet one / 4
-    config = resolve(make_config(
-        recipe="paper", batch_size=256, pretrained=str(path)))
+    config = fit_to_data(make_config(recipe="paper", batch_size=256, pretrained=str(path)),
+                         train_size=50_000)  # a given batch: the data's size does not matter
     assert config.lr == pytest.approx(0.016 / 4)
 
 
@@ -210,12 +211,12 @@ def test_bad_input_is_one_line_exit_2(run_cli, tmp_path, argv, message):
 def test_config_file_and_flags(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model": "b2", "epochs": 7, "batch-size": 16, "recipe": "seed"}))
-    cfg = resolve(make_config(str(path), epochs=3))
+    cfg = fit_to_data(make_config(str(path), epochs=3), train_size=1000)  # the lr from the batch
     assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.optimizer) == ("b2", 3, 16, "rmsprop")
     assert cfg.lr == pytest.approx(0.016 * 16 / 256) and cfg.alpha == 0.9 and cfg.eps == 0.1
     toml = tmp_path / "c.toml"
     toml.write_text('[train]\nrecipe = "paper"\nlr = 0.5\n')
-    cfg = resolve(make_config(str(toml)))
+    cfg = make_config(str(toml))
     assert cfg.optimizer == "rmsprop_tf" and cfg.lr == 0.5 and cfg.ema_decay == 0.9999
     with pytest.raises(ValueError, match="unknown config key"):
         make_config(dict(nonsense=1))

@@ -187,11 +187,11 @@ def job_memory(config: dict) -> int:
     precision = config.get("precision") or "auto"
     ema_decay = config.get("ema_decay")
     classes, chans = BUILTIN.get(str(config.get("data", "")), (1000, 3))
-    need = estimate(config["model"], int(config.get("batch_size") or recipe.batch_size),
+    need = estimate(config["model"], int(config.get("batch_size") or recipe["batch_size"]),
                     precision="bf16" if precision == "auto" else precision,
                     grad_checkpointing=bool(config.get("grad_checkpointing")),
-                    optimizer=config.get("optimizer") or recipe.optimizer,
-                    ema=(recipe.ema_decay if ema_decay is None else ema_decay) > 0,
+                    optimizer=config.get("optimizer") or recipe["optimizer"],
+                    ema=(recipe["ema_decay"] if ema_decay is None else ema_decay) > 0,
                     num_classes=classes, stem_stride=int(config.get("stem_stride", 2)),
                     in_chans=int(config.get("in_chans") or chans))
     budget = parse_bytes(config.get("memory_budget"))

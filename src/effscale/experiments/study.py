@@ -2,7 +2,7 @@
 seeds (the paper's Table 7 / Figure 8 experiment), resumable and parallel.
 
 Three layers, each with one job:
-- config and plan (`experiments.plan`): the config resolved and validated, every model
+- config and plan (`experiments.plan`): the config merged and validated, every model
   matched in MACs and every run known before anything trains;
 - runner (`experiments.executors`): trains the run directories, skipping finished ones and
   resuming interrupted ones, in-process, in worker processes or on Ray; `effscale search`
@@ -10,11 +10,10 @@ Three layers, each with one job:
 - this module: `study` (one budget, or several through `experiments.budgets`) and
   `plan_differences`, which re-plans a finished study with the current code.
 
-The study directory holds `study.json` (the resolved plan + environment + commands),
+The study directory holds `study.json` (the plan + environment + commands),
 `runs/<strategy>-L<level>-s<seed>/` (one training run each), `logs/`, `results.csv`,
 `results.md`, `plots/` and, from `effscale report`, `report.html` / `report.md`.
 """
-
 
 from __future__ import annotations
 
@@ -74,9 +73,9 @@ def plan_differences(study_dir: str | Path) -> list[str]:
         if saved.is_file():
             if train_size is None:  # an older record: count the images
                 train_size = train_set_size(config)
-            from ..training.config import make_config, resolve
-            resolved = resolve(make_config(cfg, out=str(study_dir / "runs" / key)), train_size,
-                               check_paths=False)
+            from ..training.config import fit_to_data, make_config
+            resolved = fit_to_data(make_config(cfg, out=str(study_dir / "runs" / key)),
+                                   train_size)
             out += _config_differences(key, read_json(saved, "run config"),
                                        resolved.as_dict())
     return out
@@ -134,8 +133,6 @@ def scope_note(config: StudyConfig, echo) -> None:
     """What a study on this dataset can show, after its results."""
     if config.data in SCOPE:
         echo(f"note: {SCOPE[config.data]}")
-
-
 
 
 def budget_differences(study_dir: Path, record: dict) -> list[str]:

@@ -10,7 +10,8 @@ distributed), output (progress, TensorBoard, summary.json), evaluation (accuracy
 is named like a function it exports, so the import order below does not matter).
 """
 
-from .config import PRECISIONS, RUNTIME_FIELDS, Config, make_config, read_config_file, resolve
+from .config import (PRECISIONS, RUNTIME_FIELDS, Config, fit_to_data, make_config,
+                     read_config_file)
 from .devices import Dist, autocast, resolve_precision, setup_distributed
 from .engine import NonFiniteLossError, Run, train
 from .evaluation import evaluate, evaluate_model
@@ -21,6 +22,6 @@ from .steps import apply_schedule, forward_backward, step_with_retry
 __all__ = ["Config", "Dist", "METRIC_FIELDS", "NonFiniteLossError", "PRECISIONS",
            "PREVIOUS_STATE_FILE", "RUNTIME_FIELDS", "Run", "RunState", "STATE_FILE",
            "apply_schedule", "autocast", "evaluate", "evaluate_model", "forward_backward",
-           "load_latest", "make_config", "read_config_file", "read_state", "resolve",
+           "fit_to_data", "load_latest", "make_config", "read_config_file", "read_state",
            "resolve_precision", "rng_state", "seed_everything", "set_rng_state",
            "setup_distributed", "step_with_retry", "train", "write_metrics"]

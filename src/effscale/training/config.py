@@ -18,18 +18,21 @@ from ..model.memory import parse_bytes
 from ..model.names import model_spec
 from ..data.augment import AUTOAUGMENT_POLICIES
 from ..data.sources import DATASETS
-from .recipes import OPTIMIZERS, RECIPE_FIELDS, RECIPES, SCHEDULES, fit_batch, get_recipe
+from .recipes import OPTIMIZERS, RECIPES, SCHEDULES, fit_batch, get_recipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def flag(default, help: str | None = None, *, choices: tuple | None = None,
-         range: str | None = None):
+         range: str | None = None, neutral: bool = False):
     """A Config field that is also an `effscale train` flag: its help text, for the
     enumerations the values it may take (listed in the CLI's help) and for numbers the range
     they must lie in: "[0, 1)", "[0, 1]", ">= 0", "> 0" (`_check` enforces both). The field's
-    annotation is its type (`check_types` enforces it, whatever the source of the value)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "range": range})
+    annotation is its type (`check_types` enforces it, whatever the source of the value).
+    `neutral`: the value changes how or where a run executes or logs, never its numbers
+    (RUNTIME_FIELDS: what re-planning a study and resuming a run may ignore)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": range,
+                                            "neutral": neutral})
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,9 @@ class Config:
                      '[,split], paths relative to FILE)', choices=DATASETS)
     data_dir: str | None = flag(None,
                                 "where the dataset files are (default: the dataset's usual "
-                                'place)')
-    out: str | None = flag(None, 'run directory (default runs/<data>-<model>-s<seed>)')
+                                'place)', neutral=True)
+    out: str | None = flag(None, 'run directory (default runs/<data>-<model>-s<seed>)',
+                           neutral=True)
     recipe: str = flag("fast",
                        'the training recipe (default fast; training/recipes.py)',
                        choices=tuple(RECIPES))
@@ -108,37 +112,38 @@ class Config:
                                   'residual blocks start as the identity, the classifier at 0 '
                                   '(fast: on)')
     # speed and memory
-    device: str = flag("auto", 'auto, cpu, cuda, cuda:1 ...')
+    device: str = flag("auto", 'auto, cpu, cuda, cuda:1 ...', neutral=True)
     precision: str = flag("auto", 'auto: bf16 (or fp16) on GPU, fp32 on CPU', choices=PRECISIONS)
-    compile: bool = flag(False, 'torch.compile the model')
+    compile: bool = flag(False, 'torch.compile the model', neutral=True)
     channels_last: bool = flag(True, 'NHWC memory format (default on)')
     grad_checkpointing: bool = flag(False, 'recompute blocks in backward to save memory')
     memory_budget: str | float | None = flag(None,
-                                             'plan micro-batches for this much memory, e.g. 8GB')
+                                             'plan micro-batches for this much memory, e.g. 8GB',
+                                             neutral=True)
     sync_bn: bool = flag(False, 'synchronise BatchNorm statistics across ranks')
     workers: int | None = flag(None, 'processes decoding imagefolder:, csv: and Python data, '
                                'kept across epochs (default: the available cores)',
-                               range=">= 0")
-    eval_batch_size: int = flag(256, range=">= 1")
+                               range=">= 0", neutral=True)
+    eval_batch_size: int = flag(256, range=">= 1", neutral=True)
     # safety and output
-    resume: bool = flag(False, 'continue the run in --out')
+    resume: bool = flag(False, 'continue the run in --out', neutral=True)
     overwrite: bool = flag(False,
                            'train into --out whatever it holds: replace the run there (one '
-                           'line says what), leave other files alone')
+                           'line says what), leave other files alone', neutral=True)
     checkpoint_minutes: float = flag(10.0, 'checkpoint at least this often (default 10)',
-                                     range="> 0")
-    checkpoint_steps: int = flag(0, 'also checkpoint every N steps', range=">= 0")
+                                     range="> 0", neutral=True)
+    checkpoint_steps: int = flag(0, 'also checkpoint every N steps', range=">= 0",
+                                 neutral=True)
     skip_nonfinite: bool = flag(False, 'skip steps whose loss is NaN/inf instead of stopping')
-    quiet: bool = flag(False, 'no progress bar: one line per epoch')
+    quiet: bool = flag(False, 'no progress bar: one line per epoch', neutral=True)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-# fields that change how a run is executed or logged, or where, never its numbers
-RUNTIME_FIELDS = {"out", "resume", "overwrite", "quiet", "device", "data_dir", "workers",
-                  "checkpoint_minutes", "checkpoint_steps", "compile", "eval_batch_size",
-                  "memory_budget"}
+# fields that change how a run is executed or logged, or where, never its numbers: marked
+# once, on the field (flag(neutral=True))
+RUNTIME_FIELDS = frozenset(f.name for f in fields(Config) if f.metadata["neutral"])
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
@@ -162,19 +167,11 @@ def read_config_file(path: str | os.PathLike) -> dict:
 
 
 def make_config(config=None, **overrides) -> Config:
-    """Config from a Config, a dict or a config file path, then keyword overrides; every key
-    known and every value of its field's type (`check_types`)."""
-    if config is None:
-        values = {}
-    elif isinstance(config, Config):
-        values = config.as_dict()
-    elif isinstance(config, dict):
-        values = dict(config)
-    elif isinstance(config, (str, os.PathLike)):
-        values = read_config_file(config)
-    else:
-        raise ValueError(f"config must be a Config, a dict or a JSON/TOML file path, got "
-                         f"{_show(config)} ({type(config).__name__})")
+    """The one merge of a run's config: defaults < recipe < `config` (a Config, a dict or a
+    JSON/TOML file path) < keyword overrides (the CLI's flags), every key known, every value
+    of its field's type (`check_types`) and in its range (`_check`). Values that depend on
+    the data (an unset batch size, and the lr from it) stay None until `fit_to_data`."""
+    values = _given(config)
     unknown = sorted({k for k in [*values, *overrides] if k not in FIELD_TYPES}, key=str)
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), FIELD_TYPES, n=1)
@@ -182,7 +179,43 @@ def make_config(config=None, **overrides) -> Config:
         raise ValueError(f"unknown config key(s): {', '.join(_show(k) for k in unknown[:5])}"
                          f"{', ...' if len(unknown) > 5 else ''}{hint}")
     # each source whole: a bad value in a file is refused even where a flag overrides it
-    return Config(**{**check_types(values), **check_types(overrides)})
+    given = {k: v for k, v in {**check_types(values), **check_types(overrides)}.items()
+             if v is not None}  # None: not given (the recipe's, or the default)
+    recipe = get_recipe(given.get("recipe", Config.recipe))
+    cfg = Config(**{**{k: v for k, v in recipe.items() if k != "batch_size"}, **given})
+    if cfg.out is None:
+        cfg = replace(cfg, out=str(Path("runs") / f"{_slug(cfg.data)}-{_slug(cfg.model)}"
+                                                  f"-s{cfg.seed}"))
+    _check(cfg)
+    return cfg
+
+
+def _given(config) -> dict:
+    """The values of a Config, a dict or a config file, as a dict."""
+    if config is None:
+        return {}
+    if isinstance(config, Config):
+        return config.as_dict()
+    if isinstance(config, dict):
+        return dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return read_config_file(config)
+    raise ValueError(f"config must be a Config, a dict or a JSON/TOML file path, got "
+                     f"{_show(config)} ({type(config).__name__})")
+
+
+def fit_to_data(cfg: Config, train_size: int) -> Config:
+    """The one step that needs the data: an unset batch size becomes the recipe's, fitted to
+    `train_size` images (`fit_batch`), and an unset lr lr_per_256 x batch / 256 (times
+    pretrained_lr_scale when fine-tuning). Given values are kept; fitting twice is harmless."""
+    if cfg.batch_size is None:
+        cfg = replace(cfg, batch_size=fit_batch(get_recipe(cfg.recipe)["batch_size"],
+                                                train_size, cfg.min_steps_per_epoch))
+    if cfg.lr is None:
+        scale = cfg.pretrained_lr_scale if cfg.pretrained else 1.0
+        cfg = replace(cfg, lr=cfg.lr_per_256 * cfg.batch_size / 256 * scale)
+        _check(cfg)  # a derived lr can still be out of range (inf from a huge batch)
+    return cfg
 
 
 # -- types: one check for every source (flags, JSON/TOML files, keywords, a study's train) -------
@@ -246,39 +279,15 @@ def _show(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def resolve(cfg: Config, train_size: int | None = None, *, check_paths: bool = True) -> Config:
-    """Fill recipe values, the batch size, the lr and the run directory; check every value.
-
-    An unset batch size is the recipe's, fitted to the data (`fit_batch`) once `train_size`
-    is known; until then it and a batch-derived lr stay None. Resolving twice is harmless.
-    `check_paths=False` skips checking that data_dir and pretrained exist: re-planning a
-    committed study compares values and must not need the machine that trained it."""
-    check_types(cfg.as_dict())  # a Config made directly, not through make_config
-    recipe = get_recipe(cfg.recipe)
-    filled = {k: getattr(recipe, k) for k in RECIPE_FIELDS
-              if getattr(cfg, k) is None and k != "batch_size"}
-    cfg = replace(cfg, **filled)
-    if cfg.batch_size is None and train_size is not None:
-        cfg = replace(cfg, batch_size=fit_batch(recipe.batch_size, train_size,
-                                                cfg.min_steps_per_epoch))
-    if cfg.lr is None and cfg.batch_size is not None:
-        scale = cfg.pretrained_lr_scale if cfg.pretrained else 1.0
-        cfg = replace(cfg, lr=cfg.lr_per_256 * cfg.batch_size / 256 * scale)
-    if cfg.out is None:
-        cfg = replace(cfg, out=str(Path("runs") / f"{_slug(cfg.data)}-{_slug(cfg.model)}-s{cfg.seed}"))
-    _check(cfg)
-    if check_paths:
-        _check_paths(cfg)
-    return cfg
-
-
 def run_config(config=None, overrides: dict | None = None) -> Config:
-    """The resolved config of a train() call: on resume of an existing run directory, its
-    saved config with what the caller gave explicitly on top."""
+    """The config of a train() call, before it is fitted to the data: merged (`make_config`),
+    or, on resume of an existing run directory, its saved config with what the caller gave on
+    top; then the files it reads must exist."""
     overrides = overrides or {}
-    cfg = resolve(make_config(config, **overrides))
+    cfg = make_config(config, **overrides)
     if cfg.resume and (Path(cfg.out) / "config.json").is_file():
         cfg = _resumed_config(Path(cfg.out), config, overrides)
+    check_paths(cfg)
     return cfg
 
 
@@ -292,7 +301,7 @@ def _need(ok: bool, message: str) -> None:
 
 
 def _check(cfg: Config) -> None:
-    """Every value of a resolved config (typed already: `resolve` checks what it is given):
+    """Every value of a merged config (typed already: `make_config` checks what it is given):
     its field's range and choices, then the checks that need several values, the model name,
     the memory budget and the paths."""
     for f in fields(Config):
@@ -322,8 +331,10 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"model {_show(cfg.model)} scales the network out of range") from None
 
 
-def _check_paths(cfg: Config) -> None:
-    """The files a run reads exist (before anything is built or written)."""
+def check_paths(cfg: Config) -> None:
+    """The files a run reads exist (before anything is built or written). Not part of
+    `make_config`: re-planning a committed study compares values and must not need the
+    machine that trained it."""
     if cfg.pretrained and not Path(cfg.pretrained).exists():
         raise FileNotFoundError(f"no such pretrained weights file: {_show(cfg.pretrained, 200)}")
     if cfg.data_dir and not Path(cfg.data_dir).exists():
@@ -341,8 +352,9 @@ def _within(value: float, bounds: str) -> bool:
 
 
 def _resumed_config(out: Path, config, overrides: dict) -> Config:
-    """The saved config, with what the caller gave explicitly on top (a warning when that
-    changes a value that affects the results)."""
+    """The saved config (merged and fitted when the run started), with what the caller gave
+    on top; a warning names every given value that differs from the saved one and affects
+    the results."""
     try:
         saved = json.loads((out / "config.json").read_text())
         if not isinstance(saved, dict):
@@ -351,18 +363,13 @@ def _resumed_config(out: Path, config, overrides: dict) -> Config:
         raise ValueError(f"cannot resume from {out / 'config.json'}: "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
                          f"pass --overwrite instead of --resume to replace it") from None
-    if config is None:
-        given = {}
-    elif isinstance(config, Config):
-        defaults = Config()
-        given = {k: v for k, v in config.as_dict().items() if v != getattr(defaults, k)}
-    elif isinstance(config, dict):
-        given = dict(config)
-    else:
-        given = read_config_file(config)
+    # what the caller gave: a Config is a whole config (every value it holds counts), a dict,
+    # a file and the keywords only their own keys; compared with the saved run below
+    given = {k: v for k, v in _given(config).items() if v is not None}
     given.update(overrides)
-    cfg = resolve(make_config(saved, **given))
-    changed = sorted(k for k in given if k not in RUNTIME_FIELDS and saved.get(k) != getattr(cfg, k))
+    cfg = make_config(saved, **given)
+    changed = sorted(k for k in given
+                     if k not in RUNTIME_FIELDS and saved.get(k) != getattr(cfg, k))
     if changed:
         warnings.warn(f"resuming {out} with changed {', '.join(changed)}: the run will not "
                       f"match an uninterrupted one", stacklevel=4)

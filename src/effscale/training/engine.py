@@ -1,12 +1,12 @@
 """The training engine: `train(config, **overrides) -> summary`.
 
-Read it top to bottom: `train` resolves the config and reads any saved state, `setup` builds
+Read it top to bottom: `train` merges the config and reads any saved state, `setup` builds
 data, model, optimizer and EMA (restoring the saved state), then each epoch is `run_epoch`
 (steps, mid-epoch checkpoints) and `end_epoch` (evaluate, record, checkpoint), and `finish`
 writes the summary. What setup builds is a frozen `Run`; everything that changes and is
 saved lives in one `RunState`. Everything a run writes lives in one run directory:
 
-    config.json        the resolved config (recipe values filled in)
+    config.json        the config as trained: merged, and fitted to the data (batch, lr)
     metrics.csv        one row per epoch
     last.safetensors   model file (raw + EMA weights, rebuild metadata), every epoch
     best.safetensors   the same, for the epoch with the best top-1
@@ -55,7 +55,7 @@ from ..io.lock import Stopped, StopSignals, dir_lock, signal_name, stop_signals
 from ..model.memory import plan
 from .optim import create_optimizer
 from .build import build_model, final_map_warning
-from .config import Config, resolve, run_config
+from .config import Config, fit_to_data, run_config
 from .devices import (Dist, all_gather, all_reduce_sum, autocast, broadcast, resolve_precision,
                       setup_distributed, teardown_distributed)
 from .evaluation import BN_IMAGES, data_device, evaluate_model, recompute_bn
@@ -150,7 +150,7 @@ def _train(cfg: Config, signals: StopSignals | None = None, given=None) -> dict:
         return read_summary(Path(cfg.out) / "summary.json")  # checked: it may be edited
 
     run, state = setup(cfg, dist, device, progress, saved, given)
-    run = replace(run, signals=signals)
+    run, cfg = replace(run, signals=signals), run.cfg  # fitted to the data: from here on
     # RNG last, after every setup call that might draw from it: drop-path and dropout masks
     # (and any augmentation drawn from the global RNG) continue exactly where they stopped
     if saved is not None:
@@ -198,7 +198,7 @@ def setup(cfg: Config, dist: Dist, device: torch.device, progress: Progress,
     data = load_data(cfg.data if given is None else given, data_dir=cfg.data_dir,
                      device=data_device(cfg.data, device), subset=cfg.subset,
                      val_subset=cfg.val_subset, seed=cfg.seed, val_fraction=cfg.val_fraction)
-    cfg = resolve(cfg, train_size=len(data.train))  # the default batch depends on the data
+    cfg = fit_to_data(cfg, train_size=len(data.train))  # the one step that needs the data
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels

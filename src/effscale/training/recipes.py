@@ -1,5 +1,6 @@
-"""Training recipes as frozen data. Every field can be overridden by a flag or a config key
-of the same name; `train.Config` holds the resolved values.
+"""Training recipes as frozen data: each a partial set of Config values over the engine's
+DEFAULTS. Every value can be overridden by a flag or a config key of the same name;
+training/config.py merges the layers once (`make_config`).
 
 - `seed`: the CIFAR-10 study this project reproduces (docs/REFERENCE.md). Its optimizer is
   PyTorch's RMSprop (eps added *outside* the square root) with momentum 0.9, alpha 0.9,
@@ -33,76 +34,53 @@ of the same name; `train.Config` holds the resolved values.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 
+# What a recipe leaves unsaid: the engine's own defaults for the values recipes set (the
+# lowest layer of the merge in training/config.py: these < recipe < file < flags/keywords).
+DEFAULTS = MappingProxyType(dict(
+    pretrained_lr_scale=1.0,   # lr multiplier when fine-tuning from --pretrained
+    warmup_fraction=0.0,       # the warm-up lasts at least this fraction of the run
+    momentum_at_peak=None,     # momentum at the peak lr (None: constant momentum)
+    min_steps_per_epoch=0,     # default batch halved (down to 16) until an epoch has at least
+    #                            this many steps
+    zero_init=False,           # residual blocks start as the identity, the classifier at 0
+    # None: the dataset's default (data.default_augment: no flip for digits, padding ~1/8 of
+    # the side, no cutout)
+    flip=None, crop_padding=None, cutout=None,
+    grad_clip=0.0,             # max global grad norm, 0: none
+))
 
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    epochs: int
-    batch_size: int
-    optimizer: str          # "rmsprop" (PyTorch semantics), "rmsprop_tf", "sgd", "adamw"
-    lr: float | None        # None: lr_per_256 x batch_size / 256
-    lr_per_256: float
-    momentum: float
-    alpha: float            # RMSprop squared-gradient decay (TF "decay", PyTorch "alpha")
-    eps: float
-    weight_decay: float
-    decay_bn_bias: bool     # apply weight decay to BN weights and biases too?
-    schedule: str           # "exponential" (per epoch), "step" (x decay_rate every
-    #                         decay_epochs, staircase), "cosine" (to 0)
-    warmup_epochs: float
-    warmup_start: float     # warm-up starts at this fraction of the peak lr
-    decay_rate: float
-    decay_epochs: float
-    label_smoothing: float
-    ema_decay: float        # 0: no EMA
-    drop_path_rate: float
-    autoaugment: str        # "none", "autoaugment", "randaugment"
-    # flip, crop padding and cutout: None = the dataset's default (data.default_augment:
-    # no flip for digits, padding ~1/8 of the side)
-    flip: bool | None
-    crop_padding: int | None  # random crop with this padding (in native pixels)
-    cutout: int | None        # square cutout side in native pixels, 0: none
-    grad_clip: float        # max global grad norm, 0: none
-    pretrained_lr_scale: float = 1.0  # lr multiplier when fine-tuning from --pretrained
-    warmup_fraction: float = 0.0      # the warm-up lasts at least this fraction of the run
-    momentum_at_peak: float | None = None  # momentum at the peak lr (None: constant momentum)
-    min_steps_per_epoch: int = 0      # default batch halved (down to 16) until an epoch has
-    #                                   at least this many steps
-    zero_init: bool = False  # residual blocks start as the identity, the classifier at 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
+# Each recipe: the Config values it sets, over DEFAULTS. batch_size is the recipe's batch
+# before it is fitted to the data (config.fit_to_data); the lr is always lr_per_256 x
+# batch / 256 unless given. optimizer: "rmsprop" (PyTorch semantics), "rmsprop_tf", "sgd",
+# "adamw"; alpha: RMSprop's squared-gradient decay (TF "decay"); schedule: "exponential"
+# (per epoch), "step" (x decay_rate every decay_epochs, staircase), "cosine" (to 0);
+# warmup_start: the warm-up starts at this fraction of the peak lr; ema_decay 0: no EMA.
 RECIPES = {
-    "seed": Recipe(
-        name="seed", epochs=35, batch_size=64, optimizer="rmsprop", lr=None, lr_per_256=0.016,
-        momentum=0.9, alpha=0.9, eps=0.1, weight_decay=1e-5, decay_bn_bias=True,
-        schedule="exponential", warmup_epochs=2, warmup_start=0.1, decay_rate=0.94,
-        decay_epochs=1.0, label_smoothing=0.0, ema_decay=0.0, drop_path_rate=0.2,
-        autoaugment="none", flip=None, crop_padding=None, cutout=None, grad_clip=0.0),
-    "paper": Recipe(
-        name="paper", epochs=350, batch_size=256, optimizer="rmsprop_tf", lr=None,
-        lr_per_256=0.016, momentum=0.9, alpha=0.9, eps=1e-3, weight_decay=1e-5,
-        decay_bn_bias=False, schedule="step", warmup_epochs=5, warmup_start=0.0,
-        decay_rate=0.97, decay_epochs=2.4, label_smoothing=0.1, ema_decay=0.9999,
-        drop_path_rate=0.2, autoaugment="autoaugment", flip=None, crop_padding=None, cutout=None,
-        grad_clip=0.0, pretrained_lr_scale=0.25),
-    "fast": Recipe(
-        name="fast", epochs=15, batch_size=128, optimizer="sgd", lr=None, lr_per_256=0.4,
-        momentum=0.95, alpha=0.9, eps=1e-8, weight_decay=5e-5, decay_bn_bias=False,
-        schedule="cosine", warmup_epochs=0, warmup_start=0.04, decay_rate=0.0,
-        decay_epochs=0.0, label_smoothing=0.1, ema_decay=0.999, drop_path_rate=0.1,
-        autoaugment="none", flip=None, crop_padding=None, cutout=None, grad_clip=0.0,
-        pretrained_lr_scale=0.1, warmup_fraction=0.1, momentum_at_peak=0.85,
-        min_steps_per_epoch=20, zero_init=True),
+    "seed": MappingProxyType(dict(
+        epochs=35, batch_size=64, optimizer="rmsprop", lr_per_256=0.016, momentum=0.9,
+        alpha=0.9, eps=0.1, weight_decay=1e-5, decay_bn_bias=True, schedule="exponential",
+        warmup_epochs=2, warmup_start=0.1, decay_rate=0.94, decay_epochs=1.0,
+        label_smoothing=0.0, ema_decay=0.0, drop_path_rate=0.2, autoaugment="none")),
+    "paper": MappingProxyType(dict(
+        epochs=350, batch_size=256, optimizer="rmsprop_tf", lr_per_256=0.016, momentum=0.9,
+        alpha=0.9, eps=1e-3, weight_decay=1e-5, decay_bn_bias=False, schedule="step",
+        warmup_epochs=5, warmup_start=0.0, decay_rate=0.97, decay_epochs=2.4,
+        label_smoothing=0.1, ema_decay=0.9999, drop_path_rate=0.2, autoaugment="autoaugment",
+        pretrained_lr_scale=0.25)),
+    "fast": MappingProxyType(dict(
+        epochs=15, batch_size=128, optimizer="sgd", lr_per_256=0.4, momentum=0.95, alpha=0.9,
+        eps=1e-8, weight_decay=5e-5, decay_bn_bias=False, schedule="cosine", warmup_epochs=0,
+        warmup_start=0.04, decay_rate=0.0, decay_epochs=0.0, label_smoothing=0.1,
+        ema_decay=0.999, drop_path_rate=0.1, autoaugment="none", pretrained_lr_scale=0.1,
+        warmup_fraction=0.1, momentum_at_peak=0.85, min_steps_per_epoch=20, zero_init=True)),
 }
 
 OPTIMIZERS = ("rmsprop", "rmsprop_tf", "sgd", "adamw")
 SCHEDULES = ("exponential", "step", "cosine")
-RECIPE_FIELDS = tuple(f.name for f in fields(Recipe) if f.name != "name")
+# every Config key a recipe governs: None in a Config means "the recipe's" for these
+RECIPE_FIELDS = tuple(dict.fromkeys([*RECIPES["fast"], *DEFAULTS]))
 
 
 def fit_batch(batch_size: int, train_size: int, min_steps_per_epoch: int) -> int:
@@ -115,7 +93,8 @@ def fit_batch(batch_size: int, train_size: int, min_steps_per_epoch: int) -> int
     return batch_size
 
 
-def get_recipe(name: str) -> Recipe:
+def get_recipe(name: str) -> MappingProxyType:
+    """The recipe's values over DEFAULTS: every key of RECIPE_FIELDS."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return RECIPES[name]
+    return MappingProxyType({**DEFAULTS, **RECIPES[name]})
