@@ -89,7 +89,8 @@ def _peak_text(cam_map: np.ndarray) -> str:
     return f"({int(x)},{int(y)})"
 
 
-def _load(checkpoint, use_ema: bool):
+def _model_and_meta(checkpoint, use_ema: bool):
+    """(model in eval mode, its file's metadata, a name for it) of a model file or a model."""
     if isinstance(checkpoint, torch.nn.Module):
         return checkpoint.eval(), {}, getattr(checkpoint.spec, "name", "model")
     model, meta = load_model_file(checkpoint, use_ema=use_ema)
@@ -131,7 +132,7 @@ def balanced_order(labels, seed: int = 0) -> np.ndarray:
     return np.asarray(turns, dtype=np.int64)
 
 
-def _take(split, indices):
+def _split_subset(split, indices):
     """The images at `indices` of a split, as a split of the same kind."""
     indices = [int(i) for i in indices]
     if getattr(split, "samples", None) is not None:
@@ -145,7 +146,7 @@ def eval_images(data, model, indices, split: str = "val"):
     folders centre-cropped) to its resolution, its channel count, normalised. Returns (inputs
     float N,C,R,R, labels int64 N)."""
     from ..data import make_loader
-    chosen = _take(getattr(data, split), indices)
+    chosen = _split_subset(getattr(data, split), indices)
     if not len(chosen):
         raise ValueError(f"the {split} split of {data.info.name} is empty")
     loader = make_loader(chosen, batch_size=min(len(chosen), 256),
@@ -186,7 +187,7 @@ def resolve_targets(target, labels: torch.Tensor, predictions: torch.Tensor,
 
 
 @dataclass
-class _Images:
+class _CamImages:
     """The images a cam() call may use, as indices into the split in class-balanced order, with
     their boxes when there are some: it explains the first n, and auto measures the layers on
     the first max(n, AUTO_IMAGES)."""
@@ -198,7 +199,7 @@ class _Images:
 
 
 def _choose_images(split, split_name: str, box_dict, resolution: int, images, seed: int
-                   ) -> _Images:
+                   ) -> _CamImages:
     if box_dict is not None:
         pool, pool_boxes, lost = boxes_for_split(box_dict, split, split_name, resolution)
     else:
@@ -207,7 +208,7 @@ def _choose_images(split, split_name: str, box_dict, resolution: int, images, se
         raise ValueError(f"the {split_name} split is empty")
     order = balanced_order(split.labels.cpu().numpy()[pool], seed)
     n = len(order) if images is None else min(int(images), len(order))
-    return _Images(pool[order], n, None if pool_boxes is None else pool_boxes[order], lost)
+    return _CamImages(pool[order], n, None if pool_boxes is None else pool_boxes[order], lost)
 
 
 def _layer_for(model, layer, inputs, classes, method, batch_size, seed):
@@ -279,7 +280,7 @@ def cam(checkpoint, data=None, *, images: int | None = 8, method: str = "gradcam
     """
     _check_args(method, images, split)
     box_dict = load_boxes(boxes) if boxes is not None else None  # fail before loading
-    model, meta, source = _load(checkpoint, use_ema)
+    model, meta, source = _model_and_meta(checkpoint, use_ema)
     auto = str(layer).strip().lower() == "auto"
     if not auto:
         parse_layer(layer, len(layer_sizes(model)))  # before any image is read
