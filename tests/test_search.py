@@ -135,3 +135,19 @@ def test_tiny_search_end_to_end(run_cli, tmp_path):
                                 "--epochs", "1", "--subset", "200", "--val-subset", "100",
                                 "--jobs", "1", "--out", out)
     assert code == 0 and "3 of 3 runs already finished: skipped" in stdout
+
+
+def test_search_dry_run_lists_the_candidates_and_writes_nothing(run_cli, tmp_path):
+    out = tmp_path / "search"
+    code, stdout, err = run_cli("search", "--alphas", "1.1,1.2", "--betas", "1.1", "--seeds",
+                                "2", "--epochs", "1", "--out", out, "--dry-run")
+    assert code == 0, err
+    assert "3 candidates x 2 seeds" in stdout and not out.exists()
+    lines = [line for line in stdout.splitlines() if "MACs (" in line]
+    assert len(lines) == 3 and sum("paper" in line for line in lines) == 1
+    for alpha, beta in ((1.1, 1.1), (1.2, 1.1)):
+        gamma = gamma_for(alpha, beta)
+        line = next(x for x in lines if f"alpha={alpha:g} beta={beta:g}" in x)
+        assert f"gamma={gamma:g}" in line
+        model = line.split()[5]
+        assert parse_name(model).alpha == alpha and parse_name(model).gamma == gamma

@@ -45,6 +45,8 @@ def add_parser(sub):
     p.add_argument("--no-paper", action="store_true",
                    help="do not train the paper's 1.2/1.1/1.15 for comparison")
     p.add_argument("--out", help=f"search directory (default {d.out})")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the candidates and their runs; train and write nothing")
     return p
 
 
@@ -59,7 +61,8 @@ def run(args) -> int:
     if args.no_paper:
         values["paper"] = False
     from .study import command_line
-    result = search(values, command=command_line("search", args, KEYS + ("no_paper",)))
+    result = search(values, command=command_line("search", args, KEYS + ("no_paper",)),
+                    dry_run=args.dry_run)
     if result["failed"]:
         print(f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])}")
         return 1

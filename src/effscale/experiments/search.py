@@ -145,18 +145,27 @@ def candidate_points(config: SearchConfig, num_classes: int,
 
 
 def search(config: SearchConfig | dict | None = None, *, command: str | None = None,
-           echo=print, wait: bool | None = None, **overrides) -> dict:
+           echo=print, wait: bool | None = None, dry_run: bool = False, **overrides) -> dict:
     """Run (or resume) the grid search; returns the ranked rows and the best coefficients.
     The search directory is locked for the whole call: another process on it is refused
-    with one line naming it, or, with wait=True, waited for."""
+    with one line naming it, or, with wait=True, waited for. `dry_run`: print the
+    candidates and return the record it would write, training and writing nothing."""
     values = config.as_dict() if isinstance(config, SearchConfig) else dict(config or {})
     values.update(overrides)
     config = resolve_config(values)
+    if dry_run:
+        return _search(config, command, echo, dry_run=True)
     with experiment_lock(config.out, wait=wait, log=echo):
         return _search(config, command, echo)
 
 
-def _search(config: SearchConfig, command: str | None, echo) -> dict:
+def _candidate_line(p: dict, base_macs: int) -> str:
+    name = "paper" if p["paper"] else f"a{p['alpha']:g} b{p['beta']:g}"
+    return (f"  {name:>12}  alpha={p['alpha']:g} beta={p['beta']:g} gamma={p['gamma']:g}  "
+            f"{p['model']}  {p['macs'] / 1e6:.2f}M MACs ({p['macs'] / base_macs:.2f}x base)")
+
+
+def _search(config: SearchConfig, command: str | None, echo, dry_run: bool = False) -> dict:
     num_classes, in_chans = dataset_shape(config.data, config.data_dir)
     grid, points = candidate_points(config, num_classes, in_chans)
     out = Path(config.out)
@@ -178,10 +187,14 @@ def _search(config: SearchConfig, command: str | None, echo) -> dict:
               "environment": environment(config.device),
               "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                               time.gmtime())}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "search.json", record)
     echo(f"search {out}: {len(points)} candidates x {config.seeds} seeds on {config.data}, "
          f"{config.epochs} epochs each (proxy budget)")
+    if dry_run:
+        for p in points:
+            echo(_candidate_line(p, base_macs))
+        return {"out": str(out), "plan": record, "rows": [], "best": None, "failed": []}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "search.json", record)
     t0 = time.time()
     statuses = execute([Job(k, out / "runs" / k, r["train"]) for k, r in runs.items()],
                        config, log_dir=out / "logs", echo=echo)
