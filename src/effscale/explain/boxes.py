@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.folder import EVAL_CROP_FRACTION
+from ..io.readback import read_json
 
 
 @dataclass(frozen=True)
@@ -108,16 +109,7 @@ def map_box(box, source_size: tuple[int, int], resolution: int, *,
 def _read_boxes_file(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"no such boxes file: {path}")
-    try:
-        return json.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise ValueError(f"boxes file {path} is not JSON text") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"boxes file {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}") from None
-    except (RecursionError, ValueError) as exc:  # nested too deep; an integer of 5,000 digits
-        raise ValueError(f"boxes file {path} is not usable JSON: {str(exc).splitlines()[0]}"
-                         ) from None
+    return read_json(path, "boxes file")  # one line for text that is not usable JSON
 
 
 def _finite(value) -> bool:

@@ -45,17 +45,23 @@ def budget_rows(results: dict[int, dict]) -> list[dict]:
 MEASURED = ("train_img_s", "latency_ms", "peak_mib", "measure_device")
 
 
+def by_model(results: dict[int, dict]) -> list[tuple[tuple[str, str], dict[int, dict]]]:
+    """[((strategy, level), {epochs: row})] in the strategies' order: each model across the
+    budgets that have it."""
+    found: dict[tuple, dict[int, dict]] = {}
+    for epochs in sorted(results):
+        for r in results[epochs]["rows"]:
+            found.setdefault(model_key(r), {})[epochs] = r
+    return [(key, found[key])
+            for key in sorted(found, key=lambda k: (STRATEGIES.index(k[0]), k[1]))]
+
+
 def cost_rows(results: dict[int, dict]) -> list[dict]:
     """Per model: each run's training time at each budget (mean over seeds, on the machine
     that trained it) and the cost measured once per model (shared by every budget)."""
     budgets = sorted(results)
-    by_model: dict[tuple, dict[int, dict]] = {}
-    for epochs in budgets:
-        for r in results[epochs]["rows"]:
-            by_model.setdefault(model_key(r), {})[epochs] = r
     out = []
-    for key in sorted(by_model, key=lambda k: (STRATEGIES.index(k[0]), k[1])):
-        rows = by_model[key]
+    for key, rows in by_model(results):
         any_row = next(iter(rows.values()))
         line = {"strategy": key[0], "level": key[1], "model": short_name(any_row)}
         for epochs in budgets:
@@ -74,13 +80,8 @@ def change_rows(results: dict[int, dict]) -> list[dict]:
     """Per model: top-1 at each budget, the change from the budget before, and whether the
     last change is within PLATEAU_POINTS (near the plateau)."""
     budgets = sorted(results)
-    by_model: dict[tuple, dict[int, dict]] = {}
-    for epochs in budgets:
-        for r in results[epochs]["rows"]:
-            by_model.setdefault(model_key(r), {})[epochs] = r
     out = []
-    for key in sorted(by_model, key=lambda k: (STRATEGIES.index(k[0]), k[1])):
-        rows = by_model[key]
+    for key, rows in by_model(results):
         line = {"strategy": key[0], "level": key[1]}
         previous = None
         for epochs in budgets:
