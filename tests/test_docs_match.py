@@ -4,6 +4,7 @@ README's study examples, the line a bare `effscale train` prints."""
 import argparse
 import re
 import shlex
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,48 @@ def test_bare_train_line_is_printed_first(run_cli, tmp_path, monkeypatch):
     assert "model" not in seen["given"]
     code, out, err = run_cli("train", "--model", "b0@phi=-6,r=0.1652", "--out", tmp_path / "r2")
     assert code == 0 and "no --model" not in err
+
+
+def test_study_and_search_flags_are_their_config_fields():
+    """Every field of StudyConfig and SearchConfig is a flag (generated from the field, so its
+    help cannot drift), except `train`, which only config files and Python set."""
+    from effscale.experiments.configs import SearchConfig, StudyConfig, flag_keys
+    from effscale.experiments.plan import PRESETS
+    for command, cls in (("study", StudyConfig), ("search", SearchConfig)):
+        helps = _option_helps(command)
+        for f in fields(cls):
+            if f.name == "train":
+                assert f.name not in flag_keys(cls)
+                continue
+            name = f.name.replace("_", "-")
+            flag = f"--no-{name}" if f.default is True else f"--{name}"
+            shown = (",".join(map(str, f.default)) if isinstance(f.default, tuple)
+                     else str(f.default))
+            assert flag in helps and helps[flag] == f.metadata["help"].replace(
+                "{default}", shown), (command, flag)
+    parser_choices = next(a for a in _study_actions() if "--preset" in a.option_strings).choices
+    assert tuple(parser_choices) == tuple(PRESETS)
+
+
+def _study_actions():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["study"]._actions
+
+
+def test_study_cli_passes_only_what_was_given(monkeypatch, run_cli, tmp_path):
+    """Unset flags reach the study as absent (the dataset's defaults apply), switches as
+    their values, and the recorded command reproduces what was typed."""
+    from effscale.experiments import study as study_module
+    seen = {}
+
+    def fake(file_values, **kw):
+        seen.update(kw)
+        return {"conclusion": "", "failed": [], "out": str(tmp_path)}
+    monkeypatch.setattr(study_module, "study", fake)
+    code, _, err = run_cli("study", "--data", "fashion-mnist", "--no-measure", "--seeds", "2",
+                           "--out", tmp_path / "s", "--dry-run")
+    assert code == 0, err
+    assert {k: v for k, v in seen.items() if k not in ("dry_run", "report", "command")} == {
+        "data": "fashion-mnist", "seeds": 2, "out": str(tmp_path / "s"), "measure": False}
+    assert seen["command"] == (f"effscale study --data fashion-mnist --seeds 2 --out "
+                               f"{tmp_path / 's'} --no-measure")

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..data.sources import BUILTIN
 from ..io.files import write_json
 from ..io.records import (api_command, check_same_runs, command_history, environment,
                           level_label, load_study, parse_level)
-from ..model.names import FAST_ALPHA, Variant, check_fast_alpha, parse_name
+from ..model.names import Variant, check_fast_alpha, parse_name
 from ..model.profile import STRATEGIES, match_flops, profile
 from ..model.spec import FAMILY
 from .config_values import parse_coefficients, parse_epochs, parse_floats, parse_strategies
+from .configs import StudyConfig
 from .executors import check_experiment
 from .match_cost import (check_match, cost_search, mismatch_line, model_entry,
                          recorded_measurements, refusal, study_measurer, walk)
@@ -71,45 +72,6 @@ PRESETS = {
     "seed": dict(base="b0", data="cifar10", stem_stride=2, recipe="seed", epochs=35,
                  levels=None, strategies=STRATEGIES),  # levels filled in by _b2_level()
 }
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    base: str = "b0@phi=-6,r=0.1652"
-    data: str = "digits"
-    data_dir: str | None = None
-    recipe: str | None = None
-    levels: tuple[float, ...] = ()
-    phis: tuple[float, ...] = ()
-    strategies: tuple[str, ...] = STRATEGIES
-    seeds: int = 2
-    epochs: int | tuple[int, ...] = 10  # several: one sub-study per budget (experiments.budgets)
-    stem_stride: int = 1
-    subset: int | None = None
-    val_subset: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    jobs: int | None = None      # None: one per GPU, else one per CPU core (1 thread each)
-    executor: str = "local"
-    address: str | None = None   # ray: None starts a local Ray, 'auto' or HOST:PORT joins one
-    cpus_per_run: float | None = None  # ray: CPUs (= torch threads) per run; default 1
-    gpus_per_run: float | None = None  # ray: default 1 when --device is cuda, else 0
-    runs_per_gpu: int | None = None  # local: worker processes sharing each GPU (None: chosen)
-    coefficients: tuple[float, float, float] | None = None
-    fast_alpha: float = FAST_ALPHA  # fast compound scaling's alpha (Dollar et al. 2021)
-    max_mismatch: float = 0.02   # refuse a plan whose MACs miss the level by more than this
-    device: str | None = None
-    precision: str | None = None
-    preset: str | None = None
-    out: str = "runs/study"
-    train: dict = field(default_factory=dict)  # any other training-engine keys, passed through
-    measure: bool = True  # measure each model's cost once (experiments.cost); changes no result
-    match: str = "macs"  # or a measured cost: train-time, latency, memory (match_cost)
-
-    def as_dict(self) -> dict:
-        """The record's config; `match` only when it is not macs (records before it lack it)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
-                if k != "match" or v != "macs"}
 
 
 CONFIG_KEYS = tuple(f.name for f in fields(StudyConfig))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io.files import write_json
@@ -24,44 +23,12 @@ from ..io.records import (api_command, check_same_runs, command_history, environ
 from ..model.names import parse_name
 from ..model.profile import profile
 from ..reporting.search import PAPER, write_search_results
+from .configs import SearchConfig
 from .executors import check_experiment, execute
 from .runs import Job, engine_config, failed_keys
 from .plan import compound_base, dataset_shape, parse_floats
 
 TARGET = 2.0         # FLOPs multiplier per unit of phi (paper eq. 3)
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    base: str = "b0@phi=-6,r=0.1652"
-    data: str = "digits"
-    data_dir: str | None = None
-    recipe: str | None = "fast"
-    # the default: a 3 x 3 grid around the paper's point, trained like the quick study (10
-    # epochs, every model ~98%) in about 5 minutes on 2 cores; widen it with
-    # --alphas 1.0:1.4:0.1 --betas 1.0:1.2:0.05 (24 candidates) where there is time
-    alphas: tuple[float, ...] = (1.1, 1.2, 1.3)
-    betas: tuple[float, ...] = (1.05, 1.1, 1.15)
-    tolerance: float = 0.02      # |alpha*beta^2*gamma^2 / 2 - 1| allowed after rounding gamma
-    seeds: int = 2
-    epochs: int = 10             # the proxy budget
-    subset: int | None = None
-    val_subset: int | None = None
-    stem_stride: int = 1
-    batch_size: int | None = None
-    jobs: int | None = None      # None: one per GPU, else one per CPU core
-    executor: str = "local"      # the executor fields mean what they mean in a study
-    address: str | None = None
-    cpus_per_run: float | None = None
-    gpus_per_run: float | None = None
-    device: str | None = None
-    precision: str | None = None
-    paper: bool = True           # also train the paper's 1.2 / 1.1 / 1.15
-    out: str = "runs/search"
-    train: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 def parse_grid(text, what: str) -> tuple[float, ...]:
