@@ -454,6 +454,8 @@ def prepare(config: StudyConfig, command: str | None, echo=print) -> Planned:
         "commands": commands,
         "environment": environment(config.device),
         "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # the time of the runs already there, until `Planned.finish` adds this call's
+        **({"wall_time_s": old["wall_time_s"]} if old.get("wall_time_s") is not None else {}),
     }
     print_plan(out, config, models, len(runs), echo)
     jobs = [Job(r.key, out / "runs" / r.key, run_entries[r.key]["train"]) for r in runs]
