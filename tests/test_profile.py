@@ -159,6 +159,8 @@ def test_profile_match_prints_all_four_strategies(run_cli):
     (["profile", "b0", "--resolution", "8"], "too small"),
     (["profile", "--format", "xml"], "invalid choice"),
     (["profile", "b0", "--classes", "0"], "--classes must be >= 1"),
+    (["profile", "b0", "--resolution", "1000000000"], "--resolution must be in (0, 8192]"),
+    (["profile", "b0", "--resolution", "-5"], "--resolution must be in (0, 8192]"),
     (["nonsense"], "invalid choice"),
 ])
 def test_profile_bad_input_is_one_line_and_exit_2(run_cli, argv, words):

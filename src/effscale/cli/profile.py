@@ -92,6 +92,10 @@ def _check_flags(args) -> None:
         raise ValueError(f"--classes must be >= 1, got {args.classes}")
     if args.in_chans < 1:
         raise ValueError(f"--in-chans must be >= 1, got {args.in_chans}")
+    from ..model.names import MAX_RESOLUTION  # the bound a name's res= has
+    if args.resolution is not None and not 0 < args.resolution <= MAX_RESOLUTION:
+        raise ValueError(f"--resolution must be in (0, {MAX_RESOLUTION}] pixels, got "
+                         f"{args.resolution}")
     by = args.by not in (None, "macs")
     if by and not args.match:
         raise ValueError(f"--by {args.by}: only used with --match NAME")
