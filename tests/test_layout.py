@@ -217,3 +217,28 @@ def test_the_shadowing_check_can_fail():
 def test_modules_stay_small(name):
     """Over 500 lines a module holds more than one thing: split it along its seams."""
     assert len(MODULES[name].read_text().splitlines()) <= 500
+
+
+def _tricks(source: str) -> list[str]:
+    """Module-class and sys.modules tricks in a module's source: assigning a module's
+    __class__, or writing into sys.modules."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        for target in targets:
+            text = ast.unparse(target)
+            if text.endswith("__class__") or text.startswith("sys.modules"):
+                found.append(f"line {node.lineno}: {text} = ...")
+    return found
+
+
+def test_no_module_class_or_sys_modules_tricks():
+    found = [f"{name} {trick}" for name, path in MODULES.items()
+             for trick in _tricks(path.read_text())]
+    assert found == []
+
+
+def test_the_trick_check_can_fail():
+    old = "import sys, types\nsys.modules[__name__].__class__ = types.ModuleType\n" \
+          "sys.modules['x'] = None\n"
+    assert len(_tricks(old)) == 2
