@@ -130,11 +130,16 @@ def test_tiny_search_end_to_end(run_cli, tmp_path):
     assert parse_name(f"b0@phi=2,alpha={best['alpha']},beta={best['beta']},"
                       f"gamma={best['gamma']}").alpha == best["alpha"]
 
-    # re-running the same search trains nothing
+    # re-running the same search trains nothing, and its record keeps the time and machine
+    # that trained the runs (the lifecycle a study has: executors.train_recorded)
+    before = json.loads((out / "search.json").read_text())
     code, stdout, err = run_cli("search", "--alphas", "1.1,1.2", "--betas", "1.1", "--seeds", "1",
                                 "--epochs", "1", "--subset", "200", "--val-subset", "100",
                                 "--jobs", "1", "--out", out)
     assert code == 0 and "3 of 3 runs already finished: skipped" in stdout
+    after = json.loads((out / "search.json").read_text())
+    assert after["wall_time_s"] == before["wall_time_s"] > 0
+    assert after["environment"] == before["environment"]
 
 
 def test_search_dry_run_lists_the_candidates_and_writes_nothing(run_cli, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..io.files import write_json
 from ..io.records import api_command, command_history, environment, load_study
 from .cost import measure_records
-from .executors import execute
+from .executors import execute, record_time
 from .plan import SCOPE, prepare
 from .runs import Job, failed_keys
 
@@ -69,17 +69,14 @@ def budget_study(config, *, command: str | None, dry_run: bool, report: bool, ec
     t0 = time.time()
     statuses = execute(jobs, config, log_dir=out / "logs", echo=echo)
     seconds = time.time() - t0
-    trained = any(s != "skipped" for s in statuses.values())
-    if trained or not old:
-        record["wall_time_s"] = round((old.get("wall_time_s") or 0) + seconds, 1)
-    else:  # nothing trained: keep the machine and time that made the results
-        record.update(environment=old.get("environment"), wall_time_s=old.get("wall_time_s"))
+    record_time(record, old, statuses, seconds)
     write_json(out / "study.json", record)
     for p in planned:
         prefix = f"{p.out.name}/"
         mine = {k[len(prefix):]: v for k, v in statuses.items() if k.startswith(prefix)}
+        record_time(p.record, p.old, mine, seconds)
         p.record["wall_time_shared"] = True  # its wall time is the pool's, shared by all
-        p.finish(mine, seconds, report=report, echo=echo)
+        p.finish(mine, report=report, echo=echo)
     from ..reporting.budgets import budget_report, write_budget_results
     summary = write_budget_results(out)
     if report:

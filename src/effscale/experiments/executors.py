@@ -3,12 +3,14 @@ experiments share, the dispatch."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..data.sources import BUILTIN, DATASETS
+from ..io.files import write_json
 from ..model.names import parse_name
 from .local import check_runs_per_gpu, run_jobs
-from .runs import Job
+from .runs import Job, RunStatus
 
 
 EXECUTORS = ("local", "ray")  # local: in-process or a process pool; ray: one Ray task per run
@@ -91,3 +93,28 @@ def execute(jobs: list[Job], config, *, log_dir: Path, echo=print) -> dict:
     # unless runs_per_gpu says (see run_jobs)
     return run_jobs(jobs, parallel=config.jobs, device=config.device, log_dir=log_dir,
                     echo=echo, runs_per_gpu=getattr(config, "runs_per_gpu", None))
+
+
+# -- the lifecycle study and search share: plan -> record -> execute -> record -> tables ------
+
+def record_time(record: dict, old: dict, statuses: dict, seconds: float) -> None:
+    """What a record keeps after a call: the wall time of this call's pool added to what
+    earlier calls took; when nothing trained, the machine and time that made the results."""
+    if old and all(s is RunStatus.SKIPPED for s in statuses.values()):
+        record.update(environment=old.get("environment"), wall_time_s=old.get("wall_time_s"))
+    else:
+        record["wall_time_s"] = round((old.get("wall_time_s") or 0) + seconds, 1)
+
+
+def train_recorded(path: Path, record: dict, old: dict, jobs: list[Job], config, *,
+                   echo=print) -> dict:
+    """The middle of every experiment: its record written before anything trains (so an
+    interrupted call leaves it behind), the jobs executed (`execute`), the record's time
+    updated (`record_time`) and written again. Returns {key: status}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+    t0 = time.time()
+    statuses = execute(jobs, config, log_dir=path.parent / "logs", echo=echo)
+    record_time(record, old, statuses, time.time() - t0)
+    write_json(path, record)
+    return statuses

@@ -29,7 +29,7 @@ from .configs import StudyConfig
 from .executors import check_experiment
 from .match_cost import (check_match, cost_search, mismatch_line, model_entry,
                          recorded_measurements, refusal, study_measurer, walk)
-from .runs import Job, RunStatus, engine_config, failed_keys
+from .runs import Job, engine_config, failed_keys
 
 # Per-dataset defaults: what `effscale study --data X` runs with no other flag.
 # digits: the quick study (`make run`): 1 level, 2 seeds, all 5 strategies, a tiny base at
@@ -402,15 +402,11 @@ class Planned:
             except (OSError, ValueError, RuntimeError):  # not downloaded yet: the runs will
                 self.record["train_size"] = None
 
-    def finish(self, statuses: dict, seconds: float, *, report: bool, echo) -> dict:
-        """Record the wall time (`seconds` of the pool that trained the runs, added to what
-        earlier invocations took), then tables, plots and the report."""
-        record, old = self.record, self.old
-        if all(s is RunStatus.SKIPPED for s in statuses.values()) and old:
-            # nothing trained: the results still come from the machine and time that made them
-            record.update(environment=old.get("environment"), wall_time_s=old.get("wall_time_s"))
-        else:
-            record["wall_time_s"] = round((old.get("wall_time_s") or 0) + seconds, 1)
+    def finish(self, statuses: dict, *, report: bool, echo) -> dict:
+        """After the runs (and `executors.record_time`): the record with the training-set
+        size (counted now if the data was first downloaded by the runs), then tables, plots
+        and the report."""
+        record = self.record
         self._count_images()
         write_json(self.out / "study.json", record)
         failed = failed_keys(statuses)

@@ -16,7 +16,6 @@ import math
 import time
 from pathlib import Path
 
-from ..io.files import write_json
 from ..io.lock import experiment_lock
 from ..io.records import (api_command, check_same_runs, command_history, environment,
                           load_record, search_run_key)
@@ -24,7 +23,7 @@ from ..model.names import parse_name
 from ..model.profile import profile
 from ..reporting.search import PAPER, write_search_results
 from .configs import SearchConfig
-from .executors import check_experiment, execute
+from .executors import check_experiment, train_recorded
 from .runs import Job, engine_config, failed_keys
 from .plan import compound_base, dataset_shape, parse_floats
 
@@ -160,13 +159,9 @@ def _search(config: SearchConfig, command: str | None, echo, dry_run: bool = Fal
         for p in points:
             echo(_candidate_line(p, base_macs))
         return {"out": str(out), "plan": record, "rows": [], "best": None, "failed": []}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "search.json", record)
-    t0 = time.time()
-    statuses = execute([Job(k, out / "runs" / k, r["train"]) for k, r in runs.items()],
-                       config, log_dir=out / "logs", echo=echo)
-    record["wall_time_s"] = round(old.get("wall_time_s", 0) + time.time() - t0, 1)
-    write_json(out / "search.json", record)
+    statuses = train_recorded(out / "search.json", record, old,
+                              [Job(k, out / "runs" / k, r["train"]) for k, r in runs.items()],
+                              config, echo=echo)
     result = write_search_results(out)
     best = result["best"]
     if best:

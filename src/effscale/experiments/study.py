@@ -17,7 +17,6 @@ The study directory holds `study.json` (the plan + environment + commands),
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from ..io.records import load_study
 from ..training.config import RUNTIME_FIELDS
 from .budgets import SUB, budget_study, sub_config
 from .cost import measure_records
-from .executors import execute
+from .executors import train_recorded
 from .plan import (SCOPE, StudyConfig, plan_runs, prepare, replan_models, resolve_config,
                    train_config, train_set_size)
 
@@ -121,10 +120,10 @@ def _study(config: StudyConfig, command: str | None, dry_run: bool, report: bool
                 "conclusion": None, "failed": []}
     if planned.config.measure:  # once per model: a re-run finds them in study.json
         measure_records([planned.record], device=planned.config.device, echo=echo)
-    planned.write()
-    t0 = time.time()
-    statuses = execute(planned.jobs, planned.config, log_dir=planned.out / "logs", echo=echo)
-    summary = planned.finish(statuses, time.time() - t0, report=report, echo=echo)
+    planned.write()  # the record, with the training-set size when the data is here
+    statuses = train_recorded(planned.out / "study.json", planned.record, planned.old,
+                              planned.jobs, planned.config, echo=echo)
+    summary = planned.finish(statuses, report=report, echo=echo)
     scope_note(config, echo)
     return summary
 
