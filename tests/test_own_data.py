@@ -117,6 +117,11 @@ def test_training_through_csv_records_the_split_and_evaluate_reproduces_it(colou
     scored = effscale.evaluate(str(out / "last.safetensors"), device="cpu")
     assert scored["n"] == 18  # the run's own validation split, split off the same way again
     assert scored["top1"] == pytest.approx(summary["final_top1"], abs=1e-6)
+    # CAMs explain the same held-out images (the run's seed 3 and fraction, not seed 0's)
+    from effscale.explain.cam import load_data_for
+    held_out = load_data(f"csv:{colours}", seed=3, val_fraction=0.2).val.samples
+    assert load_data_for(out / "last.safetensors").val.samples == held_out
+    assert load_data(f"csv:{colours}", seed=0, val_fraction=0.2).val.samples != held_out
 
 
 def test_training_through_a_folder_without_val(tmp_path):

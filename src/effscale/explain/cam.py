@@ -106,7 +106,9 @@ def _resolve_data(data, meta: dict, data_dir):
         data_dir = data_dir if data_dir is not None else meta.get("data_dir")
     if isinstance(data, str):
         from ..data import load_data
-        return load_data(data, data_dir=data_dir)
+        # a split-off validation set is the run's own: its seed and fraction, as evaluate does
+        return load_data(data, data_dir=data_dir, seed=meta.get("split_seed", 0),
+                         val_fraction=meta.get("val_fraction", 0.1))
     if hasattr(data, "info") and hasattr(data, "val"):
         return data
     raise ValueError(f"data must be a dataset name or a Data object, got {type(data).__name__}")
