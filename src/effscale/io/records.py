@@ -115,6 +115,11 @@ def read_run(run_dir: Path) -> dict:
             "finished": summary.get("status") == "finished"}
 
 
+def read_runs(directory: Path, record: dict) -> dict[str, dict]:
+    """{run key: read_run()} of every run a study or search record holds (DIR/runs/<key>)."""
+    return {key: read_run(Path(directory) / "runs" / key) for key in record["runs"]}
+
+
 # A FLOPs level in a record and a run key: "2.5" (x the base's MACs) or "phi1" (compound phi)
 def level_label(value: float, kind: str = "level") -> str:
     return f"phi{value:g}" if kind == "phi" else f"{value:g}"

@@ -16,7 +16,7 @@ from ..io.table import render
 from ..model.profile import STRATEGIES
 from . import stats
 from .render import Bullets, Figure, Heading, Note, Para, Pre, Table, to_html, to_markdown
-from .tables import short_name
+from .tables import measured_columns, short_name
 
 PLATEAU_POINTS = 0.3  # near the plateau: the top budget moves a 3-seed mean by <= this
 
@@ -67,11 +67,7 @@ def cost_rows(results: dict[int, dict]) -> list[dict]:
         for epochs in budgets:
             t = rows.get(epochs, {}).get("wall_time_s")
             line[f"train time {epochs} ep (s)"] = "" if t is None else f"{t:.0f}"
-        on = f", {any_row['measure_device']}" if any_row.get("measure_device") else ""
-        for name, key_, spec in ((f"train (img/s{on})", "train_img_s", "{:.0f}"),
-                                 (f"latency (ms{on})", "latency_ms", "{:.2f}"),
-                                 (f"peak (MiB{on})", "peak_mib", "{:.1f}")):
-            line[name] = "" if any_row.get(key_) is None else spec.format(any_row[key_])
+        line.update(measured_columns(any_row, any_row.get("measure_device") or ""))
         out.append(line)
     return out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io.files import write_text
-from ..io.records import load_study, read_run
+from ..io.records import load_study, read_runs
 from ..io.table import render
 from . import stats
 from .tables import macs_unit, short_name
@@ -21,7 +21,7 @@ COLUMNS = ["source", "dataset", "epochs", "strategy", "level", "model", "params"
 
 def _study_rows(path: Path, plan: dict, source: str) -> list[dict]:
     from .results import model_rows
-    runs = {key: read_run(path / "runs" / key) for key in plan["runs"]}
+    runs = read_runs(path, plan)
     cfg = plan["config"]
     return [{"source": source, "dataset": cfg["data"], "epochs": cfg["epochs"],
              **{k: r[k] for k in COLUMNS[3:]}} for r in model_rows(plan, runs)]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..io.files import write_text
-from ..io.records import load_study, read_run
+from ..io.records import load_study, read_run, read_runs
 from ..io.table import render
 from ..model.profile import STRATEGIES
 from . import stats
@@ -137,10 +137,6 @@ def plateau_rows(study_dir: Path, plan: dict, runs: dict[str, dict]) -> list[dic
     return out
 
 
-def _read_all(study_dir: Path, plan: dict) -> dict[str, dict]:
-    return {key: read_run(study_dir / "runs" / key) for key in plan["runs"]}
-
-
 def cost_note(plan: dict) -> str:
     """What the measured columns are and where they were measured (or that they were not)."""
     measured = list((plan.get("measured") or {}).values())
@@ -200,7 +196,7 @@ def write_results(study_dir: str | Path) -> dict:
     """results.csv, results.md and plots/ of a study directory; returns what it computed."""
     study_dir = Path(study_dir)
     plan = load_study(study_dir)
-    runs = _read_all(study_dir, plan)
+    runs = read_runs(study_dir, plan)
     rows = model_rows(plan, runs)
     t7, t7_level = table7_rows(rows, plan["config"]["data"])
     plateau = plateau_rows(study_dir, plan, runs)

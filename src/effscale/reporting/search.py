@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io.files import write_json, write_text
-from ..io.records import load_record, read_run, search_run_key
+from ..io.records import load_record, read_runs, search_run_key
 from ..io.table import render
 from ..model.names import ALPHA, BETA, GAMMA
 from .render import Bullets, Figure, Heading, Note, Para, Pre, Table
@@ -86,10 +86,8 @@ def _coeffs(row) -> str:
 def search_rows(search_dir: Path) -> tuple[dict, list[dict]]:
     """(the search record, its candidates ranked by the finished runs' final top-1)."""
     record = load_record(search_dir, "search")
-    top1 = {}
-    for key in record["runs"]:
-        run = read_run(Path(search_dir) / "runs" / key)
-        top1[key] = run["summary"].get("final_top1") if run["finished"] else None
+    top1 = {key: run["summary"].get("final_top1") if run["finished"] else None
+            for key, run in read_runs(search_dir, record).items()}
     return record, ranked_rows(record, top1)
 
 

@@ -78,15 +78,22 @@ def display_rows(rows: list[dict]) -> list[dict]:
 def cost_rows(rows: list[dict]) -> list[dict]:
     """The measured-cost table: each run's own training time (mean over seeds) and, measured
     once per model, training speed, batch-1 latency and peak memory (columns name the device)."""
-    on = f", {measure_label(rows)}" if measure_label(rows) else ""
+    device = measure_label(rows)
     return [{
         "strategy": r["strategy"], "level": r["level"], "model": short_name(r),
         "top-1 (%)": _fmt(r["top1_mean"], "{:.2f}"),
         "wall time (s)": _fmt(r["wall_time_s"], "{:.0f}"),
-        f"train (img/s{on})": _fmt(r["train_img_s"], "{:.0f}"),
-        f"latency (ms{on})": _fmt(r["latency_ms"], "{:.2f}"),
-        f"peak (MiB{on})": _fmt(r["peak_mib"], "{:.1f}"),
+        **measured_columns(r, device),
     } for r in rows]
+
+
+def measured_columns(row: dict, device: str) -> dict:
+    """A model's measured speed, batch-1 latency and peak memory as table cells, the columns
+    naming the device they were measured on."""
+    on = f", {device}" if device else ""
+    return {f"train (img/s{on})": _fmt(row.get("train_img_s"), "{:.0f}"),
+            f"latency (ms{on})": _fmt(row.get("latency_ms"), "{:.2f}"),
+            f"peak (MiB{on})": _fmt(row.get("peak_mib"), "{:.1f}")}
 
 
 def table7_rows(rows: list[dict], data: str = "ours") -> tuple[list[dict], str | None]:
