@@ -2,6 +2,7 @@
 and what it does to the study's conclusion."""
 
 import pytest
+import scipy.stats
 
 from effscale.reporting import stats
 
@@ -58,3 +59,28 @@ def test_wall_time_not_recorded_is_said_not_zero():
     from effscale.reporting.stats import format_wall
     assert format_wall(6580.4) == "6580 s"
     assert format_wall(None).startswith("not recorded")
+
+
+def test_identical_differences_fall_back_to_the_exact_sign_test():
+    # top-1 on 64 val images moves in steps of 1.5625: two seeds can differ by exactly the
+    # same amount, which a t-test cannot judge (zero variance); it used to count as p = 0
+    two = stats.paired_comparison("4", "width", {0: 21.875, 1: 23.4375}, {0: 20.3125, 1: 21.875})
+    assert two.p == 0.5 and two.verdict == "no significant difference"
+    assert two.ci_low == two.ci_high == pytest.approx(1.5625)
+    # as the runs record them (2 decimals): 1.57 and 1.56 are the same step, not a t of 156
+    rounded = stats.paired_comparison("4", "width", {0: 21.88, 1: 23.44}, {0: 20.31, 1: 21.88})
+    assert rounded.p == 0.5 and rounded.verdict == "no significant difference"
+    spread = stats.paired_comparison("4", "width", {0: 21.88, 1: 23.44}, {0: 20.31, 1: 20.31})
+    t_test = scipy.stats.ttest_rel([21.88, 23.44], [20.31, 20.31])
+    assert spread.p == pytest.approx(float(t_test.pvalue))  # a real spread: the t-test
+    six = stats.paired_comparison("4", "width", {s: 80.0 + s for s in range(6)},
+                                  {s: 79.0 + s for s in range(6)})
+    assert six.p == pytest.approx(2 / 2 ** 6) and six.verdict == "better"  # 0.03125 < 0.05
+    same = stats.paired_comparison("4", "width", {0: 50.0, 1: 60.0}, {0: 50.0, 1: 60.0})
+    assert same.p == 1.0 and same.verdict == "no significant difference"
+
+
+def test_models_at_chance_get_no_verdict():
+    assert "No verdict: every model is at chance" in stats.at_chance(27.0, 4)  # chance 25%
+    assert stats.at_chance(31.0, 4) is None and stats.at_chance(None, 4) is None
+    assert stats.at_chance(14.9, 10) is not None and stats.at_chance(15.1, 10) is None

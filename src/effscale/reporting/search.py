@@ -10,7 +10,7 @@ from ..io.records import load_record, read_runs, search_run_key
 from ..io.table import render
 from ..model.names import ALPHA, BETA, GAMMA
 from .render import Bullets, Figure, Heading, Note, Para, Pre, Table
-from .stats import format_pm, format_wall
+from .stats import CHANCE_MARGIN, format_pm, format_wall
 
 PAPER = (ALPHA, BETA, GAMMA)
 
@@ -34,9 +34,6 @@ def ranked_rows(record: dict, top1: dict) -> list[dict]:
         r["rank"] = None if r["top1_mean"] is None else 1 + sum(
             1 for o in rows if o["top1_mean"] is not None and o["top1_mean"] > r["top1_mean"])
     return rows
-
-
-CHANCE_MARGIN = 5.0   # points above chance below which a candidate has learned nothing useful
 
 
 def recommend(rows: list[dict], num_classes: int, alpha: float = 0.05) -> tuple[dict | None, str]:

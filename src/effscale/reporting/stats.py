@@ -104,6 +104,11 @@ def format_p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+# runs record top-1 to 2 decimals: a difference of two such numbers is off by up to 0.01,
+# two differences by up to 0.02 from each other
+ROUNDING = 0.02 + 1e-9
+
+
 def paired_comparison(level: str, other: str, compound: dict, single: dict,
                       alpha: float = ALPHA) -> Comparison:
     """compound and single map seed -> top-1 (%). Only seeds present in both are paired."""
@@ -117,10 +122,13 @@ def paired_comparison(level: str, other: str, compound: dict, single: dict,
     diff, sd, _ = mean_std(diffs)
     if n < 2:
         return Comparison(level, other, n, c_mean, o_mean, diff, None, None, None, "untested")
-    if sd == 0:
-        # identical differences on every seed: the t statistic is infinite (or 0/0); the
-        # interval is the point itself
-        p = 1.0 if diff == 0 else 0.0
+    if max(diffs) - min(diffs) <= ROUNDING:
+        # the same difference on every seed (top-1 moves in steps of 100 / val images, so
+        # with few seeds this happens; what spread there is comes from rounding): the t
+        # statistic is then infinite, 0/0 or made of round-off, and says nothing. The exact
+        # sign test does: n differences of one sign have two-sided p = 2 / 2^n (0.5 at 2
+        # seeds, 0.03 at 6); the interval is the point itself
+        p = 1.0 if abs(diff) <= ROUNDING else min(1.0, 2.0 * 0.5 ** n)
         low = high = diff
     else:
         from scipy import stats
@@ -173,6 +181,20 @@ def compare_all(top1: dict, levels: list[str],
     for i, p_adj in zip(tested, holm([out[i].p for i in tested])):
         out[i] = _judged(replace(out[i], p_adj=p_adj, family=len(tested)), alpha)
     return out
+
+
+CHANCE_MARGIN = 5.0  # top-1 points above chance below which a model has learned nothing useful
+
+
+def at_chance(best_top1: float | None, num_classes: int) -> str | None:
+    """Why there is no verdict when even the best model is within CHANCE_MARGIN points of
+    chance (100 / classes %): its differences to the others are noise; else None."""
+    chance = 100.0 / num_classes
+    if best_top1 is None or best_top1 > chance + CHANCE_MARGIN:
+        return None
+    return (f"No verdict: every model is at chance (best mean top-1 {best_top1:.2f}%, chance "
+            f"{chance:.1f}% for {num_classes} classes): none of them learned, so their "
+            f"differences are noise. Train longer, or check the data and its labels.")
 
 
 def conclusion(comparisons: list[Comparison]) -> str:
