@@ -2,6 +2,7 @@
 README's study examples, the line a bare `effscale train` prints."""
 
 import argparse
+import json
 import re
 import shlex
 from dataclasses import fields
@@ -162,3 +163,23 @@ def test_study_cli_passes_only_what_was_given(monkeypatch, run_cli, tmp_path):
         "data": "fashion-mnist", "seeds": 2, "out": str(tmp_path / "s"), "measure": False}
     assert seen["command"] == (f"effscale study --data fashion-mnist --seeds 2 --out "
                                f"{tmp_path / 's'} --no-measure")
+
+
+def _own_data_example() -> str:
+    """The README's Python example of training and a study on one's own Dataset."""
+    section = README.read_text().split("**Your own data.**", 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_readme_own_data_example_trains_and_runs_a_study(tmp_path, monkeypatch, capsys):
+    code = _own_data_example()
+    assert "effscale.study(" in code and len(code.strip().splitlines()) <= 20
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    record = json.loads((tmp_path / "studies" / "own" / "study.json").read_text())
+    assert record["config"]["data"] == "python:FakeData" and len(record["runs"]) == 6
+    assert all((tmp_path / "studies" / "own" / "runs" / k / "summary.json").is_file()
+               for k in record["runs"])
+    assert (tmp_path / "studies" / "own" / "report.html").is_file()
+    # random images: the conclusion says the models learned nothing, not a verdict
+    assert "No verdict: every model is at chance" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import torch
 
 import effscale
 from effscale.data import load_data, make_loader
+from effscale.experiments.study import plan_differences
 
 TINY = dict(model="b0@phi=-10,res=16", stem_stride=1, epochs=2, quiet=True, workers=1,
             device="cpu")
@@ -194,10 +195,50 @@ def test_decoding_workers_live_across_epochs_in_the_seeded_order(colours):
     data.train.pool.close()
 
 
-def test_a_study_refuses_python_datasets_in_one_line(tmp_path):
-    with pytest.raises(ValueError, match="write Python datasets to csv:FILE or imagefolder:PATH"):
-        effscale.study(data=(Colours(4, 0), Colours(4, 1)), out=str(tmp_path / "s"),
-                       dry_run=True)
+STUDY = dict(base="b0@phi=-6,r=0.1652", levels="2.5", strategies="baseline,width,compound",
+             seeds=1, epochs=2, jobs=2, measure=False, stem_stride=1)
+
+
+def test_a_study_on_python_datasets_trains_records_and_refuses_other_data(tmp_path, run_cli):
+    train_ds, val_ds = Colours(120, 0), Colours(30, 1)
+    out = tmp_path / "s"
+    printed = []
+    summary = effscale.study(dict(STUDY, out=str(out)), data=(train_ds, val_ds),
+                             echo=printed.append)
+    assert "note: Python datasets: runs train in this process, one at a time (not 2 at " \
+           "once)" in printed
+    record = json.loads((out / "study.json").read_text())
+    assert record["config"]["data"] == "python:Colours"
+    assert (record["train_size"], record["val_size"], record["num_classes"]) == (120, 30, 3)
+    tops = [json.loads((out / "runs" / k / "summary.json").read_text())["best_top1"]
+            for k in record["runs"]]
+    assert len(tops) == 3 and min(tops) > 60  # chance: about 33
+    assert not summary["failed"] and (out / "plots" / "cams.png").is_file()  # CAMs drawn
+    assert plan_differences(out) == []  # re-planned from the record: no datasets needed
+    # the same datasets again: nothing trains; other datasets, or none: one line each
+    printed.clear()
+    effscale.study(dict(STUDY, out=str(out)), data=(train_ds, val_ds), echo=printed.append,
+                   report=False)
+    assert "3 of 3 runs already finished: skipped" in printed
+    with pytest.raises(ValueError, match="120 and 30: other data"):
+        effscale.study(dict(STUDY, out=str(out)), data=(Colours(90, 0), val_ds),
+                       echo=lambda *a: None)
+    code, _, err = run_cli("study", "--data", "python:Colours", "--out", out, "--levels",
+                           "2.5", "--dry-run")
+    assert code == 2 and "pass the datasets again" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="--executor local"):
+        effscale.study(dict(STUDY, out=str(tmp_path / "r"), executor="ray"),
+                       data=(train_ds, val_ds), echo=lambda *a: None)
+
+
+def test_a_search_on_python_datasets(tmp_path):
+    result = effscale.search(dict(base="b0@phi=-6,r=0.1652", alphas="1.2", betas="1.1",
+                                  seeds=1, epochs=1, stem_stride=1, out=str(tmp_path / "g")),
+                             data=Colours(100, 0), echo=lambda *a: None)
+    record = json.loads((tmp_path / "g" / "search.json").read_text())
+    assert record["config"]["data"] == "python:Colours" and not result["failed"]
+    assert (record["train_size"], record["val_size"]) == (90, 10)  # 10% split off
+    assert len(result["rows"]) == 2 and all(r["top1_mean"] > 50 for r in result["rows"])
 
 
 @pytest.mark.parametrize("case", ["no file", "no label column", "missing path outside",

@@ -32,7 +32,8 @@ def sub_config(config, epochs: int):
     return replace(config, epochs=epochs, out=str(Path(config.out) / SUB.format(epochs)))
 
 
-def budget_study(config, *, command: str | None, dry_run: bool, report: bool, echo) -> dict:
+def budget_study(config, *, command: str | None, dry_run: bool, report: bool, echo,
+                 datasets=None) -> dict:
     """Plan every budget, train all their runs in one pool, write each budget's results and
     the combined ones. Returns the combined summary (`out`, `conclusion`, `rows`, `failed`)."""
     out = Path(config.out)
@@ -41,7 +42,8 @@ def budget_study(config, *, command: str | None, dry_run: bool, report: bool, ec
         raise ValueError(f"{out} holds a study at one budget; give the budgets study its own "
                          f"--out")
     command = command or api_command("study", config.as_dict())
-    planned = [prepare(sub_config(config, epochs), command, echo) for epochs in config.epochs]
+    planned = [prepare(sub_config(config, epochs), command, echo, datasets)
+               for epochs in config.epochs]
     record = {
         "kind": "budgets",
         "config": config.as_dict(),
@@ -67,7 +69,7 @@ def budget_study(config, *, command: str | None, dry_run: bool, report: bool, ec
     jobs = [Job(f"{p.out.name}/{job.key}", job.out, job.config)
             for p in planned for job in p.jobs]
     t0 = time.time()
-    statuses = execute(jobs, config, log_dir=out / "logs", echo=echo)
+    statuses = execute(jobs, config, log_dir=out / "logs", echo=echo, datasets=datasets)
     seconds = time.time() - t0
     record_time(record, old, statuses, seconds)
     write_json(out / "study.json", record)

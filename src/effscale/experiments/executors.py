@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..data.sources import BUILTIN, DATASETS
+from ..data.splits import DECODED_PREFIXES
 from ..io.files import write_json
 from ..model.names import parse_name
 from .local import check_runs_per_gpu, run_jobs
@@ -29,11 +30,9 @@ def check_experiment(config) -> None:
         raise ValueError(f"jobs must be >= 1, got {config.jobs}")
     if config.stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {config.stem_stride}")
-    if not isinstance(config.data, str):
-        raise ValueError("a study or search trains each run in a process of its own and takes "
-                         "data by name: write Python datasets to csv:FILE or imagefolder:PATH "
-                         "(effscale.train takes them as they are)")
-    if config.data not in BUILTIN and not config.data.startswith(("imagefolder:", "csv:")):
+    if not isinstance(config.data, str):  # study() and search() name Python datasets
+        raise ValueError(f"data must be a dataset name, got {type(config.data).__name__}")
+    if config.data not in BUILTIN and not config.data.startswith(DECODED_PREFIXES):
         raise ValueError(f"unknown dataset {config.data!r}; choose from {', '.join(DATASETS)}")
     check_train_section(config.train)
     check_executor(config)
@@ -81,9 +80,19 @@ def ray_resources(config) -> tuple[float, float]:
     return config.cpus_per_run or 1, gpus
 
 
-def execute(jobs: list[Job], config, *, log_dir: Path, echo=print) -> dict:
+def execute(jobs: list[Job], config, *, log_dir: Path, echo=print, datasets=None) -> dict:
     """Train the jobs with the config's executor (a study's or a search's: both carry jobs,
-    device and the executor fields). Same answer from either: {key: status}."""
+    device and the executor fields). Same answer from either: {key: status}. datasets:
+    Python datasets every run trains on (then in this process, one run at a time)."""
+    if datasets is not None:
+        if config.executor == "ray":
+            raise ValueError("Python datasets train in this process: use --executor local, "
+                             "or write them to csv:FILE or imagefolder:PATH for Ray")
+        if config.jobs not in (None, 1):
+            echo(f"note: Python datasets: runs train in this process, one at a time (not "
+                 f"{config.jobs} at once)")
+        return run_jobs(jobs, parallel=1, device=config.device, log_dir=log_dir, echo=echo,
+                        datasets=datasets)
     if config.executor == "ray":
         from .ray_executor import run_jobs_ray
         cpus, gpus = ray_resources(config)
@@ -107,14 +116,16 @@ def record_time(record: dict, old: dict, statuses: dict, seconds: float) -> None
 
 
 def train_recorded(path: Path, record: dict, old: dict, jobs: list[Job], config, *,
-                   echo=print) -> dict:
+                   echo=print, datasets=None) -> dict:
     """The middle of every experiment: its record written before anything trains (so an
     interrupted call leaves it behind), the jobs executed (`execute`), the record's time
-    updated (`record_time`) and written again. Returns {key: status}."""
+    updated (`record_time`) and written again. Returns {key: status}. datasets: see
+    `execute`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
     t0 = time.time()
-    statuses = execute(jobs, config, log_dir=path.parent / "logs", echo=echo)
+    statuses = execute(jobs, config, log_dir=path.parent / "logs", echo=echo,
+                       datasets=datasets)
     record_time(record, old, statuses, time.time() - t0)
     write_json(path, record)
     return statuses

@@ -59,7 +59,8 @@ def _gpu_memory() -> int | None:
 
 
 def run_jobs(jobs: list[Job], *, parallel: int | None = 1, device: str | None = None,
-             log_dir: Path | None = None, echo=print, runs_per_gpu: int | None = None) -> dict:
+             log_dir: Path | None = None, echo=print, runs_per_gpu: int | None = None,
+             datasets=None) -> dict:
     """Train every job's run directory: skip finished, resume partial, train new.
 
     How many runs at once, each in a worker process (`python -m effscale.experiments.local
@@ -72,7 +73,9 @@ def run_jobs(jobs: list[Job], *, parallel: int | None = 1, device: str | None = 
       used: it is the CPU worker count); else, when `parallel` is None (auto), the memory
       planner's choice (`default_runs_per_gpu`); else 1, with `parallel` capping the workers
       as before (min(parallel, gpus); parallel 1: one run at a time in this process).
-    Never more workers than runs. Returns {key: "finished" | "skipped" | "failed: ..."}.
+    Never more workers than runs. datasets: Python datasets every run trains on (they do
+    not travel to worker processes: give parallel=1). Returns {key: "finished" | "skipped" |
+    "failed: ..."}.
     A failed run does not stop the others; the caller reports them.
     """
     check_runs_per_gpu(runs_per_gpu)
@@ -84,7 +87,9 @@ def run_jobs(jobs: list[Job], *, parallel: int | None = 1, device: str | None = 
     workers = max(1, min(workers, len(todo)))
     if workers > 1:  # longest first: the slowest run does not start last and straggle
         todo.sort(key=lambda item: -run_cost(item[0].config))
-    pool = _Pool(workers, gpu_slots(gpus, per_gpu), len(todo), log_dir, echo)
+    if datasets is not None and workers > 1:
+        raise ValueError("Python datasets train in this process: parallel must be 1")
+    pool = _Pool(workers, gpu_slots(gpus, per_gpu), len(todo), log_dir, echo, datasets)
     line = (f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) with "
             f"{pool.workers} worker{'s' if pool.workers > 1 else ''}")
     if gpus and pool.workers > 1:
@@ -245,8 +250,10 @@ class _Pool:
     """The state the local executor's threads share: free GPU slots, the finished count,
     timing."""
 
-    def __init__(self, workers: int, slots: list[int], total: int, log_dir: Path | None, echo):
+    def __init__(self, workers: int, slots: list[int], total: int, log_dir: Path | None, echo,
+                 datasets=None):
         self.workers, self.total, self.log_dir, self.echo = workers, total, log_dir, echo
+        self.datasets = datasets  # Python datasets (one worker: this process) or None
         self.threads = max(1, _cpu_count() // workers)
         self.slots = list(slots)
         self.lock = threading.Lock()
@@ -276,7 +283,8 @@ class _Pool:
     def _train(self, config: dict, key: str) -> dict:
         if self.workers == 1:
             from ..training.engine import train
-            return train(config)
+            return train(config) if self.datasets is None else train(config,
+                                                                     data=self.datasets)
         if self.stopping:
             raise WorkerStopped(f"not started: stopping on {signal_name(self.stopping)}")
         with self.lock:

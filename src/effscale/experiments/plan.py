@@ -27,6 +27,7 @@ from ..model.spec import FAMILY
 from .config_values import parse_coefficients, parse_epochs, parse_floats, parse_strategies
 from .configs import StudyConfig
 from .executors import check_experiment
+from .given_data import check_same_datasets, datasets_facts
 from .match_cost import (check_match, cost_search, mismatch_line, model_entry,
                          recorded_measurements, refusal, study_measurer, walk)
 from .runs import Job, engine_config, failed_keys
@@ -328,7 +329,8 @@ def train_set_size(config: StudyConfig) -> int:
     so that re-planning needs no dataset files."""
     from ..data import load_data
     return len(load_data(config.data, data_dir=config.data_dir, download=False,
-                         subset=config.subset, val_subset=config.val_subset).train)
+                         subset=config.subset, val_subset=config.val_subset,
+                         val_fraction=config.train.get("val_fraction", 0.1)).train)
 
 
 def matched_plan(config: StudyConfig, num_classes: int, in_chans: int, echo=print,
@@ -389,6 +391,7 @@ class Planned:
     record: dict          # what study.json will hold
     old: dict             # the study.json found in `out`, or {}
     jobs: list[Job]
+    datasets: object = None  # Python datasets the runs train on (config.data is their name)
 
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -396,7 +399,7 @@ class Planned:
         write_json(self.out / "study.json", self.record)
 
     def _count_images(self) -> None:
-        if self.record.get("train_size") is None:
+        if self.record.get("train_size") is None and self.datasets is None:
             try:
                 self.record["train_size"] = train_set_size(self.config)
             except (OSError, ValueError, RuntimeError):  # not downloaded yet: the runs will
@@ -416,16 +419,21 @@ class Planned:
         summary = write_results(self.out)
         if report:
             from ..reporting.pages import report as make_report
-            make_report(self.out, echo=echo, results=summary)
+            make_report(self.out, echo=echo, results=summary, data=self.datasets)
         summary.update(out=str(self.out), failed=failed, wall_time_s=record["wall_time_s"])
         return summary
 
 
-def prepare(config: StudyConfig, command: str | None, echo=print) -> Planned:
-    """The matched plan, its runs and the study record (printed, not yet written)."""
-    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
+def prepare(config: StudyConfig, command: str | None, echo=print,
+            datasets=None) -> Planned:
+    """The matched plan, its runs and the study record (printed, not yet written).
+    datasets: Python datasets the runs train on (config.data is their name)."""
+    facts = datasets_facts(config, datasets) if datasets is not None else None
+    num_classes, in_chans = ((facts["num_classes"], facts["in_chans"]) if facts
+                             else dataset_shape(config.data, config.data_dir))
     out = Path(config.out)
     old = load_study(out) if (out / "study.json").is_file() else {}
+    check_same_datasets(old, facts, config.data)
     config, models, measurer = matched_plan(config, num_classes, in_chans, echo,
                                             recorded_measurements(old, config.match))
     runs = plan_runs(models, config.seeds)
@@ -440,7 +448,9 @@ def prepare(config: StudyConfig, command: str | None, echo=print) -> Planned:
         "kind": "study",
         "config": config.as_dict(),
         "num_classes": num_classes, "in_chans": in_chans,
-        "train_size": old.get("train_size"),  # counted when written (a dry run reads no data)
+        # counted when written (a dry run reads no data); Python datasets: counted now
+        "train_size": facts["train_size"] if facts else old.get("train_size"),
+        **({"val_size": facts["val_size"]} if facts else {}),
         "seeds": list(range(config.seeds)),
         "models": [model_entry(dict(asdict(m), ratio=round(m.ratio, 4))) for m in models],
         **({"matched": measurer.record()} if measurer else {}),
@@ -455,5 +465,5 @@ def prepare(config: StudyConfig, command: str | None, echo=print) -> Planned:
     }
     print_plan(out, config, models, len(runs), echo)
     jobs = [Job(r.key, out / "runs" / r.key, run_entries[r.key]["train"]) for r in runs]
-    return Planned(config, out, record, old, jobs)
+    return Planned(config, out, record, old, jobs, datasets)
 

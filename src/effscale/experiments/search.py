@@ -24,6 +24,7 @@ from ..model.profile import profile
 from ..reporting.search import PAPER, write_search_results
 from .configs import SearchConfig
 from .executors import check_experiment, train_recorded
+from .given_data import check_same_datasets, datasets_facts, name_datasets
 from .runs import Job, engine_config, failed_keys
 from .plan import compound_base, dataset_shape, parse_floats
 
@@ -115,14 +116,15 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
     """Run (or resume) the grid search; returns the ranked rows and the best coefficients.
     The search directory is locked for the whole call: another process on it is refused
     with one line naming it, or, with wait=True, waited for. `dry_run`: print the
-    candidates and return the record it would write, training and writing nothing."""
+    candidates and return the record it would write, training and writing nothing. `data`
+    may be Python datasets, as for `study`."""
     values = config.as_dict() if isinstance(config, SearchConfig) else dict(config or {})
-    values.update(overrides)
+    values, datasets = name_datasets({**values, **overrides})
     config = resolve_config(values)
     if dry_run:
-        return _search(config, command, echo, dry_run=True)
+        return _search(config, command, echo, dry_run=True, datasets=datasets)
     with experiment_lock(config.out, wait=wait, log=echo):
-        return _search(config, command, echo)
+        return _search(config, command, echo, datasets=datasets)
 
 
 def _candidate_line(p: dict, base_macs: int) -> str:
@@ -131,8 +133,11 @@ def _candidate_line(p: dict, base_macs: int) -> str:
             f"{p['model']}  {p['macs'] / 1e6:.2f}M MACs ({p['macs'] / base_macs:.2f}x base)")
 
 
-def _search(config: SearchConfig, command: str | None, echo, dry_run: bool = False) -> dict:
-    num_classes, in_chans = dataset_shape(config.data, config.data_dir)
+def _search(config: SearchConfig, command: str | None, echo, dry_run: bool = False,
+            datasets=None) -> dict:
+    facts = datasets_facts(config, datasets) if datasets is not None else {}
+    num_classes, in_chans = ((facts["num_classes"], facts["in_chans"]) if facts
+                             else dataset_shape(config.data, config.data_dir))
     grid, points = candidate_points(config, num_classes, in_chans)
     out = Path(config.out)
     runs = {}
@@ -144,12 +149,15 @@ def _search(config: SearchConfig, command: str | None, echo, dry_run: bool = Fal
                 "paper": p["paper"], "model": p["model"], "train": train}
     old = load_record(out, "search") if (out / "search.json").is_file() else {}
     check_same_runs(old, runs)
+    check_same_datasets(old, facts, config.data)
     commands = command_history(old, command or api_command("search", config.as_dict()))
     base_macs = profile(config.base, num_classes=num_classes, stem_stride=config.stem_stride,
                         in_chans=in_chans).macs
     record = {"kind": "search", "config": config.as_dict(), "grid": grid, "points": points,
               "runs": runs, "base_macs": base_macs, "num_classes": num_classes,
-              "in_chans": in_chans, "seeds": list(range(config.seeds)), "commands": commands,
+              "in_chans": in_chans, **{k: facts[k] for k in ("train_size", "val_size")
+                                       if k in facts},
+              "seeds": list(range(config.seeds)), "commands": commands,
               "environment": environment(config.device),
               "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                               time.gmtime())}
@@ -161,7 +169,7 @@ def _search(config: SearchConfig, command: str | None, echo, dry_run: bool = Fal
         return {"out": str(out), "plan": record, "rows": [], "best": None, "failed": []}
     statuses = train_recorded(out / "search.json", record, old,
                               [Job(k, out / "runs" / k, r["train"]) for k, r in runs.items()],
-                              config, echo=echo)
+                              config, echo=echo, datasets=datasets)
     result = write_search_results(out)
     best = result["best"]
     if best:

@@ -27,6 +27,7 @@ from ..training.config import RUNTIME_FIELDS
 from .budgets import SUB, budget_study, sub_config
 from .cost import measure_records
 from .executors import train_recorded
+from .given_data import name_datasets
 from .plan import (SCOPE, StudyConfig, plan_runs, prepare, replan_models, resolve_config,
                    train_config, train_set_size)
 
@@ -97,24 +98,29 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     several epochs (`epochs=(12, 24, 48)`) one sub-study per budget, reported together
     (`experiments.budgets`).
 
+    `data` may be Python datasets (a map-style Dataset, or a (train, val) pair): the record
+    names them `python:<class>` and keeps their sizes; the runs train in this process, one at
+    a time; re-running the study needs the same datasets passed again.
+
     The study directory is locked for the whole call (a dry run excepted): another process
     on it is refused with one line naming it, or, with wait=True, waited for."""
-    if isinstance(config, StudyConfig):
-        config = resolve_config({k: v for k, v in config.as_dict().items()}, overrides)
-    else:
-        config = resolve_config(config or {}, overrides)
+    values = config.as_dict() if isinstance(config, StudyConfig) else dict(config or {})
+    values, in_values = name_datasets(values)
+    overrides, datasets = name_datasets(overrides)
+    config = resolve_config(values, overrides)
+    datasets = datasets if datasets is not None else in_values
     if dry_run:
-        return _study(config, command, dry_run, report, echo)
+        return _study(config, command, dry_run, report, echo, datasets)
     with experiment_lock(config.out, wait=wait, log=echo):
-        return _study(config, command, dry_run, report, echo)
+        return _study(config, command, dry_run, report, echo, datasets)
 
 
 def _study(config: StudyConfig, command: str | None, dry_run: bool, report: bool,
-           echo) -> dict:
+           echo, datasets=None) -> dict:
     if isinstance(config.epochs, tuple):
         return budget_study(config, command=command, dry_run=dry_run, report=report,
-                            echo=echo)
-    planned = prepare(config, command, echo)
+                            echo=echo, datasets=datasets)
+    planned = prepare(config, command, echo, datasets)
     if dry_run:
         return {"out": str(planned.out), "plan": planned.record, "results": [],
                 "conclusion": None, "failed": []}
@@ -122,7 +128,7 @@ def _study(config: StudyConfig, command: str | None, dry_run: bool, report: bool
         measure_records([planned.record], device=planned.config.device, echo=echo)
     planned.write()  # the record, with the training-set size when the data is here
     statuses = train_recorded(planned.out / "study.json", planned.record, planned.old,
-                              planned.jobs, planned.config, echo=echo)
+                              planned.jobs, planned.config, echo=echo, datasets=datasets)
     summary = planned.finish(statuses, report=report, echo=echo)
     scope_note(config, echo)
     return summary

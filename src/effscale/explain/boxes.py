@@ -152,7 +152,8 @@ def load_boxes(boxes) -> dict[str, tuple[float, float, float, float]]:
 def _split_keys(split) -> list[tuple[str, ...]]:
     """For each image of a split, the keys a boxes file may name it by: for image folders its
     path relative to the folder (`val/cat/1.jpg`, as benchmarks/make_folder.py writes), to the
-    split (`cat/1.jpg`) and in full; for in-memory splits its index ("17")."""
+    split (`cat/1.jpg`) and in full; for in-memory splits and Python datasets its index in
+    the split ("17")."""
     samples = getattr(split, "samples", None)
     if samples is None:
         return [(str(i),) for i in range(len(split))]
@@ -165,6 +166,8 @@ def _split_keys(split) -> list[tuple[str, ...]]:
 def _source_size(split, index: int) -> tuple[int, int]:
     """(width, height) of one source image, from the file's header for image folders."""
     samples = getattr(split, "samples", None)
+    if hasattr(split, "pool") and samples is None:  # a Python dataset's item, as decoded
+        return split.pool.reader(split.ref(index))[0].size
     if samples is None:
         return int(split.images.shape[-1]), int(split.images.shape[-2])
     from PIL import Image
@@ -197,7 +200,7 @@ def boxes_for_split(boxes: dict, split, split_name: str, resolution: int
     (N, 4) in the model's input pixels, how many boxes the eval transform's crop removed).
     Raises ValueError when no key names an image of the split, or a box does not fit its
     image."""
-    crop = EVAL_CROP_FRACTION if getattr(split, "samples", None) is not None else None
+    crop = EVAL_CROP_FRACTION if hasattr(split, "pool") else None  # decoded one by one
     indices, mapped, lost = [], [], 0
     for i, (key, box) in sorted(_match_boxes(boxes, split, split_name).items()):
         width, height = _source_size(split, i)

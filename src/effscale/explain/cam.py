@@ -98,20 +98,23 @@ def _model_and_meta(checkpoint, use_ema: bool):
 
 
 def _resolve_data(data, meta: dict, data_dir):
-    """A Data object from a name, the checkpoint's dataset, or a Data-like object."""
+    """A Data object from a name, Python datasets, the checkpoint's dataset, or a Data-like
+    object."""
     if data is None:
         data = meta.get("dataset")
         if not data:
             raise ValueError("the checkpoint names no dataset: pass --data NAME")
         data_dir = data_dir if data_dir is not None else meta.get("data_dir")
-    if isinstance(data, str):
+    if hasattr(data, "info") and hasattr(data, "val"):
+        return data
+    from ..data.objects import is_datasets
+    if isinstance(data, str) or is_datasets(data):  # a name, or Python datasets
         from ..data import load_data
         # a split-off validation set is the run's own: its seed and fraction, as evaluate does
         return load_data(data, data_dir=data_dir, seed=meta.get("split_seed", 0),
                          val_fraction=meta.get("val_fraction", 0.1))
-    if hasattr(data, "info") and hasattr(data, "val"):
-        return data
-    raise ValueError(f"data must be a dataset name or a Data object, got {type(data).__name__}")
+    raise ValueError(f"data must be a dataset name, a Data object, a map-style Dataset or a "
+                     f"(train, val) pair of them, got {type(data).__name__}")
 
 
 def load_data_for(checkpoint, data=None, data_dir: str | None = None):
@@ -137,6 +140,8 @@ def balanced_order(labels, seed: int = 0) -> np.ndarray:
 def _split_subset(split, indices):
     """The images at `indices` of a split, as a split of the same kind."""
     indices = [int(i) for i in indices]
+    if hasattr(split, "subset"):  # a Python dataset's split
+        return split.subset(indices)
     if getattr(split, "samples", None) is not None:
         return replace(split, samples=tuple(split.samples[i] for i in indices))
     index = torch.as_tensor(indices, dtype=torch.long, device=split.labels.device)
@@ -262,8 +267,8 @@ def cam(checkpoint, data=None, *, images: int | None = 8, method: str = "gradcam
     """Class activation maps of a checkpoint on `images` class-balanced images of `data`.
 
     checkpoint: a model file, a run directory (its best, else last, model file) or a model.
-    data: a dataset name (`digits`, `cifar10`, `imagefolder:PATH`, ...), a loaded
-      `effscale.data.Data`, or None for the dataset the checkpoint was trained on.
+    data: a dataset name (`digits`, `imagefolder:PATH`, ...), an `effscale.data.Data`, Python
+      datasets (as `train` takes them), or None for the dataset the checkpoint trained on.
     images: how many (None: the whole split, or every boxed image); one of each class in turn,
       a seeded random choice within each class (`balanced_order`).
     method: gradcam, gradcam++, layercam, eigencam or scorecam (pytorch-grad-cam).

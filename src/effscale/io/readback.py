@@ -210,7 +210,7 @@ RECORD_FIELDS = {
     "kind": _S, "config": ("dict", None, None), "runs": ("dict", None, None),
     "models": ("list", None, None), "num_classes": ("int", 1, MAX_CLASSES),
     "in_chans": ("int", 1, MAX_CHANNELS), "train_size": ("int?", 1, MAX_COUNT),
-    "seeds": ("list", None, None), "measured": ("dict?", None, None),
+    "val_size": ("int?", 1, MAX_COUNT), "seeds": ("list", None, None), "measured": ("dict?", None, None),
     "commands": ("list", None, None), "budgets": ("list", None, None),
     "studies": ("dict", None, None), "base_macs": ("int", 1, MAX_COUNT),
     "points": ("list", None, None), "wall_time_s": ("num?", 0, None)}

@@ -15,10 +15,11 @@ from .search import search_sections
 
 
 def report(study_dir: str | Path, *, cams: bool = True, images: int = 6, echo=print,
-           results: dict | None = None) -> dict:
+           results: dict | None = None, data=None) -> dict:
     """Write report.html and report.md in a study (or search) directory; return their paths.
     `results`: what write_results / write_search_results just returned, so that the tables
-    and plots are not computed and drawn a second time."""
+    and plots are not computed and drawn a second time. `data`: the Python datasets a study
+    trained on, for its CAM figure (else the study's dataset, by name)."""
     study_dir = Path(study_dir)
     if (study_dir / "search.json").is_file():
         title, sections = search_sections(study_dir, results)
@@ -26,7 +27,7 @@ def report(study_dir: str | Path, *, cams: bool = True, images: int = 6, echo=pr
         return budget_report(study_dir, results, echo=echo)
     elif (study_dir / "study.json").is_file():
         title, sections = study_sections(study_dir, cams=cams, images=images, echo=echo,
-                                          results=results)
+                                          results=results, data=data)
     else:
         raise FileNotFoundError(f"{study_dir} holds no study.json or search.json: not a study "
                                 f"or search directory")

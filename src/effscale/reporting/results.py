@@ -203,7 +203,8 @@ def write_results(study_dir: str | Path) -> dict:
     top1 = {(r["strategy"], r["level"]): r["per_seed"] for r in rows}
     levels = list(dict.fromkeys(r["level"] for r in rows if r["strategy"] == "compound"))
     comparisons = stats.compare_all(top1, levels)
-    text = stats.conclusion(comparisons)
+    best = max((r["top1_mean"] for r in rows if r["top1_mean"] is not None), default=None)
+    text = stats.at_chance(best, plan["num_classes"]) or stats.conclusion(comparisons)
     title = f"{plan['config']['base']} on {plan['config']['data']}"
     figures = _figures(rows, curves(plan, runs), study_dir / "plots", title)
     write_text(study_dir / "results.csv", render(rows, "csv", CSV_COLUMNS) + "\n")
@@ -248,7 +249,7 @@ CAPTIONS = {
 
 
 def study_sections(study_dir: Path, *, cams: bool, images: int, echo,
-                    results: dict | None = None) -> tuple[str, list]:
+                    results: dict | None = None, data=None) -> tuple[str, list]:
     res = results or write_results(study_dir)
     plan, rows = res["plan"], res["rows"]
     cfg = plan["config"]
@@ -295,7 +296,7 @@ def study_sections(study_dir: Path, *, cams: bool, images: int, echo,
                     f"{PLATEAU_POINTS} points means the study's epochs reach the plateau."),
               Table(res["plateau"])]
     s += [Heading("More plots"), *figures[1:], Heading("Class activation maps")]
-    s.append(_cam_section(study_dir, plan, res["runs"], images, echo) if cams else
+    s.append(_cam_section(study_dir, plan, res["runs"], images, echo, data) if cams else
              Note("CAM figure skipped (--no-cams)."))
     s += _provenance(plan)
     return title, s
@@ -339,9 +340,10 @@ def _provenance(plan: dict) -> list:
                  "value": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])]
 
 
-def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
+def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo, data=None):
     """The side-by-side CAM figure of seed 0 of each model at the largest level (and the
-    baseline); a clear note instead when CAMs are unavailable or fail."""
+    baseline), on `data` (Python datasets) or the study's dataset; a clear note instead when
+    CAMs are unavailable or fail."""
     cfg = plan["config"]
     levels = [m["level"] for m in plan["models"] if m["strategy"] != "baseline"]
     top = levels[-1] if levels else "1"
@@ -360,7 +362,8 @@ def _cam_section(study_dir: Path, plan: dict, runs: dict, images: int, echo):
         return Figure(out_path, caption + " (drawn when the runs' weights were present)")
     try:
         from ..explain.cam import compare_figure
-        compare_figure([study_dir / "runs" / k for k, _ in chosen], cfg["data"], out_path,
+        compare_figure([study_dir / "runs" / k for k, _ in chosen],
+                       cfg["data"] if data is None else data, out_path,
                        images=images, method="gradcam",
                        labels=[r["strategy"] for _, r in chosen],  # it adds the model name
                        data_dir=cfg.get("data_dir"))

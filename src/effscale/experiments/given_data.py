@@ -1,0 +1,42 @@
+"""Experiments on Python datasets: `effscale.study(data=(train_ds, val_ds))` and the same for
+`search`. The record keeps their name (`python:<class>`, as a run's config.json does) and
+what re-planning reads (classes, channels, split sizes); the datasets travel to the runs as
+objects, so their runs train in this process, one at a time (`experiments.local`)."""
+
+from __future__ import annotations
+
+
+def name_datasets(values: dict) -> tuple[dict, object]:
+    """(values with `data` the name runs record, the Python datasets) when values["data"] is
+    Python datasets; (values, None) otherwise."""
+    data = values.get("data")
+    if data is None or isinstance(data, str):
+        return values, None
+    from ..data.objects import datasets_name, is_datasets
+    if not is_datasets(data):
+        raise ValueError(f"data must be a dataset name, a map-style Dataset or a (train, val) "
+                         f"pair of them, got {type(data).__name__}")
+    return dict(values, data=datasets_name(data)), data
+
+
+def datasets_facts(config, datasets) -> dict:
+    """What an experiment on Python datasets records of them (it cannot re-read them by
+    name): classes, channels and the sizes of the splits its runs train and score on."""
+    from ..data import load_data
+    data = load_data(datasets, subset=config.subset, val_subset=config.val_subset,
+                     val_fraction=config.train.get("val_fraction", 0.1))
+    return {"num_classes": data.info.num_classes, "in_chans": data.info.in_chans,
+            "train_size": len(data.train), "val_size": len(data.val)}
+
+
+def check_same_datasets(old: dict, facts: dict | None, data: str) -> None:
+    """Refuse Python datasets of other sizes than those a record was planned on: the runs
+    already there trained on other data."""
+    if facts and old and old.get("train_size") is not None:
+        then = {k: old.get(k) for k in ("train_size", "val_size")}
+        now = {k: facts[k] for k in then}
+        if then != now:
+            raise ValueError(f"{data}: the datasets given have {now['train_size']} train and "
+                             f"{now['val_size']} val images, the ones this directory was "
+                             f"planned on {then['train_size']} and {then['val_size']}: other "
+                             f"data; use another --out")
