@@ -3,8 +3,9 @@
 Modules: sources (catalog, load_data), splits (DatasetInfo, TensorSplit, Data, subsets),
 idx (MNIST idx files), cifar (CIFAR archives, safe unpickling), folder (imagefolder:PATH),
 csvfile (csv:FILE), objects (Python datasets), decoded (what those three share: PIL decode and
-transforms in persistent worker processes), augment (Augment and its batched tensor ops),
-batching and loader (batching, sharding, resizing, normalisation).
+transforms in persistent worker processes), shards and shardscan (webdataset:DIR, tar shards
+streamed by workers through decoded.py's transforms), augment (Augment and its batched tensor
+ops), batching and loader (batching, sharding, resizing, normalisation).
 """
 
 from .augment import Augment, default_augment

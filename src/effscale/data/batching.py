@@ -34,13 +34,16 @@ def generator(*parts: int) -> torch.Generator:
 
 
 def shard_batches(n: int, *, batch_size: int, train: bool, seed: int, epoch: int, rank: int,
-                  world_size: int, drop_last: bool | None = None) -> list[torch.Tensor]:
+                  world_size: int, drop_last: bool | None = None,
+                  order: torch.Tensor | None = None) -> list[torch.Tensor]:
     """This rank's batches of indices into a split of n items, for one epoch.
 
-    Train: a permutation seeded by (seed, epoch), its tail cut so every rank gets n // world_size
-    items (at most world_size - 1 dropped per epoch, different ones each epoch), dealt out
-    round-robin, then cut into batch_size batches; a last partial batch is dropped when there is
-    a full one (BatchNorm needs more than one item, and full batches keep the step size even).
+    Train: a permutation seeded by (seed, epoch) (or `order`, the epoch's order of the n
+    items when the caller has its own: shards.py's streams), its tail cut so every rank gets
+    n // world_size items (at most world_size - 1 dropped per epoch, different ones each
+    epoch), dealt out round-robin, then cut into batch_size batches; a last partial batch is
+    dropped when there is a full one (BatchNorm needs more than one item, and full batches
+    keep the step size even).
     Eval: every item exactly once, in order; each rank's share is cut into the same number of
     nearly equal batches (no duplicates, so metrics stay exact, and equal counts, so
     collectives line up).
@@ -48,7 +51,8 @@ def shard_batches(n: int, *, batch_size: int, train: bool, seed: int, epoch: int
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
     if train:
-        order = torch.randperm(n, generator=generator(seed, epoch, ORDER_STREAM))
+        if order is None:
+            order = torch.randperm(n, generator=generator(seed, epoch, ORDER_STREAM))
         order = order[: n - n % world_size][rank::world_size]
         batches = list(order.split(batch_size))
         drop = drop_last if drop_last is not None else len(batches) > 1

@@ -41,10 +41,15 @@ def default_workers() -> int:
 def decode(path: str):
     """A file -> RGB PIL image (as ImageFolder's loader, PIL; torchvision.io's decoders are
     deprecated since 0.29). The transforms crop before they resize, so PIL is cheap here."""
-    from PIL import Image
     with open(path, "rb") as f:
-        image = Image.open(f)
-        image.load()
+        return decode_file(f)
+
+
+def decode_file(f):
+    """An open image file (or io.BytesIO of its bytes: a tar shard's member) -> RGB PIL image."""
+    from PIL import Image
+    image = Image.open(f)
+    image.load()
     return to_rgb(image)
 
 
@@ -86,32 +91,42 @@ class FileReader:
         return decode(path), label
 
 
-class _Decode(torch.utils.data.Dataset):
-    """Keys are (item reference, seed, transform spec): the reference says what to read (the
-    pool's reader reads it), the seed makes the item's random transform reproducible, the spec
-    (resolution, train, flip, autoaugment) says which transform, so that one pool of workers
-    serves training, BatchNorm re-estimation and evaluation at any resolution."""
+class Transforms:
+    """`folder_transform`s by spec (resolution, train, flip, autoaugment), each applied to an
+    RGB PIL image with the item's own seed: one object serves training, BatchNorm
+    re-estimation and evaluation at any resolution. Returns uint8 (3, R, R)."""
 
-    def __init__(self, reader):
-        self.reader, self.transforms = reader, {}
+    def __init__(self):
+        self.cache = {}
 
-    def __getitem__(self, key):
-        ref, seed, spec = key
-        image, label = self.reader(ref)
-        if spec not in self.transforms:
+    def __call__(self, image, seed: int, spec):
+        if spec not in self.cache:
             resolution, train, flip, policy = spec
-            self.transforms[spec] = folder_transform(resolution, train,
-                                                     Augment(flip=flip, autoaugment=policy))
+            self.cache[spec] = folder_transform(resolution, train,
+                                                Augment(flip=flip, autoaugment=policy))
         # the CPU generator only, and its state put back (num_workers=0 decodes in the
         # training process, whose RNG must not move): torch.manual_seed and fork_rng also
         # reach every accelerator's generators, ~1 ms an image, as long as a 64-px decode
         state = torch.get_rng_state()
         torch.default_generator.manual_seed(seed)
         try:
-            image = self.transforms[spec](image)
+            return self.cache[spec](image)
         finally:
             torch.set_rng_state(state)
-        return image, label
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Keys are (item reference, seed, transform spec): the reference says what to read (the
+    pool's reader reads it), the seed makes the item's random transform reproducible, the spec
+    says which transform (`Transforms`)."""
+
+    def __init__(self, reader):
+        self.reader, self.transforms = reader, Transforms()
+
+    def __getitem__(self, key):
+        ref, seed, spec = key
+        image, label = self.reader(ref)
+        return self.transforms(image, seed, spec), label
 
 
 class _Batches:
@@ -143,9 +158,7 @@ class WorkerPool:
         """Stop the worker processes now (they also stop when the pool is garbage)."""
         loaders, self.loaders = self.loaders, {}
         for loader, _ in loaders.values():
-            iterator = getattr(loader, "_iterator", None)
-            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-                iterator._shutdown_workers()
+            shutdown(loader)
 
     def batches(self, keys: list, workers: int, pin_memory: bool):
         """(uint8 images, labels) of each batch of keys, in order."""
@@ -167,6 +180,13 @@ class WorkerPool:
             self.busy = False
 
 
+def shutdown(loader) -> None:
+    """Stop a persistent DataLoader's worker processes now."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+
+
 class DecodedLoader:
     """Same interface as loader.TensorLoader: (images float32 (B, 3, R, R), labels int64), for
     any split with `info`, `pool`, `ref(i)` and a length (folder, CSV and Python splits)."""
@@ -181,7 +201,7 @@ class DecodedLoader:
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.batches = shard_batches(len(split), batch_size=batch_size, train=train, seed=seed,
                                      epoch=epoch, rank=rank, world_size=world_size,
-                                     drop_last=drop_last)
+                                     drop_last=drop_last, order=self.train_order(len(split)))
         self.num_batches = len(self.batches)
         self.resolution = resolution
         self.spec = (resolution, train, self.augment.flip, self.augment.autoaugment)
@@ -189,6 +209,11 @@ class DecodedLoader:
 
     def __len__(self) -> int:
         return max(0, self.num_batches - self.start_batch)
+
+    def train_order(self, n: int):
+        """The epoch's order of the n items that shard_batches deals out when training; None:
+        its seeded permutation (random access: any order is as cheap as any other)."""
+        return None
 
     def _keys(self):
         ref = self.split.ref
@@ -201,8 +226,13 @@ class DecodedLoader:
             return
         passes = self.split.pool.batches(keys, self.num_workers, self.device.type == "cuda")
         for b, (images, labels) in enumerate(passes, start=self.start_batch):
-            images, labels = to_device(images, self.device), to_device(labels, self.device)
-            if self.augment.cutout:
-                gen = generator(self.seed, self.epoch, AUGMENT_STREAM, self.rank, b)
-                images = cutout(images, self.augment.cutout, self.norm.fill, gen)
-            yield to_model_input(images, self.resolution, self.norm, self.channels), labels
+            yield self.finish_batch(b, images, labels)
+
+    def finish_batch(self, b: int, images: torch.Tensor, labels: torch.Tensor):
+        """Batch b's uint8 images and labels as the model's input on the device: cutout
+        (seeded by (seed, epoch, rank, b)), resize, normalise."""
+        images, labels = to_device(images, self.device), to_device(labels, self.device)
+        if self.augment.cutout:
+            gen = generator(self.seed, self.epoch, AUGMENT_STREAM, self.rank, b)
+            images = cutout(images, self.augment.cutout, self.norm.fill, gen)
+        return to_model_input(images, self.resolution, self.norm, self.channels), labels

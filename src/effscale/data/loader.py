@@ -69,8 +69,9 @@ def make_loader(split, *, batch_size: int, resolution: int, train: bool, seed: i
     """Batches of (images float32 (B, C, R, R) normalised, labels int64) for one epoch.
 
     split: `data.train` / `data.val` from `load_data` (a TensorSplit, or a split decoded in
-    worker processes: image folder, CSV, Python dataset). num_workers: those processes
-    (default: the cores, decoded.default_workers); they live as long as the dataset.
+    worker processes: image folder, CSV, Python dataset, webdataset shards). num_workers:
+    those processes (default: the cores, decoded.default_workers); they live as long as the
+    dataset.
     augment: applied only when train (default: none; pass `default_augment(name)`).
     channels=3 repeats a 1-channel dataset. device: where batches are produced (default: the
     split's device). info: the dataset's normalisation (default: the split's own info when it
@@ -89,6 +90,12 @@ def make_loader(split, *, batch_size: int, resolution: int, train: bool, seed: i
                             augment=augment, channels=channels, rank=rank,
                             world_size=world_size, start_batch=start_batch, device=device,
                             drop_last=drop_last)
+    from .shards import ShardLoader, ShardSplit
+    if isinstance(split, ShardSplit):  # webdataset shards: streamed, not read item by item
+        return ShardLoader(split, batch_size=batch_size, resolution=resolution, train=train,
+                           seed=seed, epoch=epoch, augment=augment, channels=channels,
+                           rank=rank, world_size=world_size, start_batch=start_batch,
+                           device=device, drop_last=drop_last, num_workers=num_workers)
     if hasattr(split, "pool") and hasattr(split, "ref"):  # folder, CSV and Python splits
         from .decoded import DecodedLoader
         return DecodedLoader(split, batch_size=batch_size, resolution=resolution, train=train,

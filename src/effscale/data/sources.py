@@ -2,7 +2,8 @@
 
 In-memory datasets come back as uint8 tensors on the requested device; `imagefolder:PATH`,
 `csv:FILE` and Python datasets come back as item lists that DataLoader workers decode
-(folder.py, csvfile.py, objects.py; decoded.py decodes them all).
+(folder.py, csvfile.py, objects.py; decoded.py decodes them all); `webdataset:DIR` as tar
+shards that DataLoader workers stream and decode (shards.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .splits import Data, DatasetInfo, TensorSplit, subset_split
 # The built-in datasets and their (classes, channels), so that a plan needs no data loaded;
 # DATASETS (what a user may type) adds image folders and CSV files.
 BUILTIN = {"digits": (10, 1), "fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3)}
-DATASETS = (*BUILTIN, "imagefolder:PATH", "csv:FILE")
+DATASETS = (*BUILTIN, "imagefolder:PATH", "csv:FILE", "webdataset:DIR")
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -59,21 +60,27 @@ def load_data(name, *, data_dir=None, device="cpu", download: bool = True,
     """Load dataset `name` (see DATASETS), or Python datasets: a map-style Dataset or a
     (train, val) pair (objects.py). subset / val_subset: a stratified subset of that many
     train / val items, chosen by `seed` (for fast experiments and tests). val_fraction: what
-    is split off for validation (by `seed`) where a CSV or image folder has no val split."""
+    is split off for validation (by `seed`) where a CSV or image folder has no val split
+    (webdataset shards need their val/ shards)."""
     kw = dict(subset=subset, val_subset=val_subset, seed=seed, val_fraction=val_fraction)
     if not isinstance(name, str):
         from .objects import load_datasets
         return load_datasets(name, **kw)
     data_dir = Path(data_dir).expanduser() if data_dir else None
     source, _, path = name.partition(":")
-    if source in ("imagefolder", "csv"):
+    if source in ("imagefolder", "csv", "webdataset"):
         if not path:
-            raise ValueError("imagefolder needs a path: imagefolder:PATH (with train/ and "
-                             "optionally val/)" if source == "imagefolder" else
-                             "csv needs a file: csv:FILE (columns path,label[,split])")
+            raise ValueError({
+                "imagefolder": "imagefolder needs a path: imagefolder:PATH (with train/ and "
+                               "optionally val/)",
+                "csv": "csv needs a file: csv:FILE (columns path,label[,split])",
+                "webdataset": "webdataset needs a folder: webdataset:DIR (with train/*.tar "
+                              "and val/*.tar)"}[source])
         from .csvfile import load_csv
         from .folder import load_imagefolder
-        return (load_imagefolder if source == "imagefolder" else load_csv)(path, **kw)
+        from .shards import load_webdataset
+        return {"imagefolder": load_imagefolder, "csv": load_csv,
+                "webdataset": load_webdataset}[source](path, **kw)
     if source == "python" and path:
         raise ValueError(f"{name} was a Python dataset given to effscale.train(); pass the "
                          f"dataset again (data=...)")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 # the sources decoded file by file in worker processes (on the CPU), not held as one tensor
-DECODED_PREFIXES = ("imagefolder:", "csv:", "python:")
+DECODED_PREFIXES = ("imagefolder:", "csv:", "python:", "webdataset:")
 
 # torchvision's ImageNet normalisation: what pretrained weights and image folders expect
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
