@@ -79,7 +79,7 @@ EOF
 say "environment: $(cat "$OUT/env.json" | tr -d '\n')"
 
 # 1. the plan, checked before a GPU minute is spent on it
-study --dry-run >>"$LOG" 2>&1 || { say "study plan failed (see log)"; exit 2; }
+study --dry-run --no-estimate >>"$LOG" 2>&1 || { say "study plan failed (see log)"; exit 2; }
 say "study planned"
 
 if [ "$DRY" = "1" ]; then

@@ -85,7 +85,7 @@ def test_readme_has_study_examples_that_run_here():
 def test_readme_study_example_plans(command, run_cli, tmp_path):
     # "..." at the end means "and your other flags": the flags shown must work without them
     argv = [a for a in shlex.split(command)[1:] if a != "..."]
-    argv += ["--out", str(tmp_path / "study"), "--dry-run"]
+    argv += ["--out", str(tmp_path / "study"), "--dry-run", "--no-estimate"]
     code, out, err = run_cli(*argv)
     assert code == 0, f"{command} --dry-run: {err.strip()}"
     assert "MACs" in out
@@ -157,7 +157,7 @@ def test_study_cli_passes_only_what_was_given(monkeypatch, run_cli, tmp_path):
         return {"conclusion": "", "failed": [], "out": str(tmp_path)}
     monkeypatch.setattr(study_module, "study", fake)
     code, _, err = run_cli("study", "--data", "fashion-mnist", "--no-measure", "--seeds", "2",
-                           "--out", tmp_path / "s", "--dry-run")
+                           "--out", tmp_path / "s", "--dry-run", "--no-estimate")
     assert code == 0, err
     assert {k: v for k, v in seen.items() if k not in ("dry_run", "report", "command")} == {
         "data": "fashion-mnist", "seeds": 2, "out": str(tmp_path / "s"), "measure": False}
@@ -183,3 +183,40 @@ def test_readme_own_data_example_trains_and_runs_a_study(tmp_path, monkeypatch, 
     assert (tmp_path / "studies" / "own" / "report.html").is_file()
     # random images: the conclusion says the models learned nothing, not a verdict
     assert "No verdict: every model is at chance" in capsys.readouterr().out
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every `effscale ...` command in the README's code blocks (continuations joined,
+    comments and optional `[...]` parts dropped), but the `...` placeholders."""
+    commands = []
+    for block in README.read_text().split("```")[1::2]:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\[[^\]]*\]", "", line.split(" #", 1)[0]).strip()
+            if line.startswith("effscale ") and " ... " not in f"{line} ":
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_every_readme_command_parses_and_its_settings_check(run_cli, tmp_path, monkeypatch):
+    """No README command can name a flag or value that effscale no longer takes: each one
+    parses, a train command's settings pass the config checks, searches plan (dry run; the
+    studies in test_readme_study_example_plans), and profile commands run as written."""
+    from effscale.training.config import make_config
+    commands = _readme_commands()
+    assert {c[0] for c in commands} >= {"profile", "train", "evaluate", "export", "study",
+                                        "search", "report", "compare", "cam"}
+    parser = build_parser()
+    monkeypatch.chdir(tmp_path)
+    for argv in commands:
+        args = parser.parse_args(argv)  # SystemExit (a failed test) on an unknown flag
+        if argv[0] == "train":
+            given = {k: v for k, v in vars(args).items()
+                     if k not in ("command", "handler", "config_file", "wait")}
+            make_config({k: v for k, v in given.items() if v is not None})
+        elif argv[0] == "search":  # the study examples plan in test_readme_study_example_plans
+            out = [] if "--out" in argv else ["--out", str(tmp_path / argv[0])]
+            code, _, err = run_cli(*argv, *out, "--dry-run", "--no-estimate")
+            assert code == 0, f"{' '.join(argv)} --dry-run: {err.strip()}"
+        elif argv[0] == "profile":
+            code, out, err = run_cli(*argv)
+            assert code == 0 and out.strip(), f"{' '.join(argv)}: {err.strip()}"

@@ -100,7 +100,7 @@ def _edit_json(path, change):
 
 def test_an_intact_fake_study_reports_and_replans(run_cli, fake_study):
     """The checks refuse nothing that effscale itself wrote (a guard for the tests below)."""
-    code, out, err = run_cli("study", *REPLAN, "--out", fake_study, "--dry-run")
+    code, out, err = run_cli("study", *REPLAN, "--out", fake_study, "--dry-run", "--no-estimate")
     assert code == 0, err
     code, out, err = run_cli("report", fake_study, "--no-cams")
     assert code == 0, err
@@ -191,7 +191,7 @@ def test_a_hand_edited_study_record_is_one_line(run_cli, fake_study, edit, says)
     _edit_json(fake_study / "study.json", edit)
     says = (str(fake_study / "study.json"), says)
     refused(run_cli, fake_study, "report", fake_study, "--no-cams", says=says)
-    refused(run_cli, fake_study, "study", *REPLAN, "--out", fake_study, "--dry-run", says=says)
+    refused(run_cli, fake_study, "study", *REPLAN, "--out", fake_study, "--dry-run", "--no-estimate", says=says)
 
 
 def test_a_study_record_that_is_not_json_is_one_line(run_cli, fake_study):

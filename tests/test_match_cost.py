@@ -113,7 +113,7 @@ def test_profile_match_by_train_time_prints_measured_ratios(run_cli, monkeypatch
 
 @pytest.mark.parametrize("argv, words", [
     (["study", "--match", "flops"], "invalid choice"),
-    (["study", "--match", "latency", "--strategies", "baseline,width", "--dry-run"],
+    (["study", "--match", "latency", "--strategies", "baseline,width", "--dry-run", "--no-estimate"],
      "add compound to --strategies"),
     (["profile", "b0", "--by", "latency"], "only used with --match"),
 ])

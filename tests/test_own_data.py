@@ -224,7 +224,7 @@ def test_a_study_on_python_datasets_trains_records_and_refuses_other_data(tmp_pa
         effscale.study(dict(STUDY, out=str(out)), data=(Colours(90, 0), val_ds),
                        echo=lambda *a: None)
     code, _, err = run_cli("study", "--data", "python:Colours", "--out", out, "--levels",
-                           "2.5", "--dry-run")
+                           "2.5", "--dry-run", "--no-estimate")
     assert code == 2 and "pass the datasets again" in err and "Traceback" not in err
     with pytest.raises(ValueError, match="--executor local"):
         effscale.study(dict(STUDY, out=str(tmp_path / "r"), executor="ray"),

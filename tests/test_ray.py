@@ -265,7 +265,7 @@ def test_match_on_ray_measures_on_a_worker(ray_cluster, tmp_path, run_cli, monke
     monkeypatch.setattr(match_cost, "_CACHE", {})
     code, out, err = run_cli("study", "--strategies", "baseline,width,compound", "--seeds", "1",
                              "--epochs", "1", "--match", "train-time", "--max-mismatch", "0.25",
-                             "--executor", "ray", "--address", ray_cluster, "--dry-run",
+                             "--executor", "ray", "--address", ray_cluster, "--dry-run", "--no-estimate",
                              "--out", tmp_path / "matched")
     assert code == 0, err
     pids = {int(p) for p in re.findall(r"measured on a Ray worker \(process (\d+), cpu\)", out)}

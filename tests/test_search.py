@@ -121,7 +121,7 @@ def test_tiny_search_end_to_end(run_cli, tmp_path):
     best["coefficients"] = f"{best['alpha']:g},{best['beta']:g},{best['gamma']:g}"
 
     # a candidate's coefficients feed straight back into a study and into a model name
-    code, plan_out, err = run_cli("study", "--coefficients", best["coefficients"], "--dry-run",
+    code, plan_out, err = run_cli("study", "--coefficients", best["coefficients"], "--dry-run", "--no-estimate",
                                   "--out", tmp_path / "study", "--max-mismatch", "0.2")
     assert code == 0, err
     compound = [line for line in plan_out.splitlines() if "compound" in line][0]
@@ -145,7 +145,7 @@ def test_tiny_search_end_to_end(run_cli, tmp_path):
 def test_search_dry_run_lists_the_candidates_and_writes_nothing(run_cli, tmp_path):
     out = tmp_path / "search"
     code, stdout, err = run_cli("search", "--alphas", "1.1,1.2", "--betas", "1.1", "--seeds",
-                                "2", "--epochs", "1", "--out", out, "--dry-run")
+                                "2", "--epochs", "1", "--out", out, "--dry-run", "--no-estimate")
     assert code == 0, err
     assert "3 candidates x 2 seeds" in stdout and not out.exists()
     lines = [line for line in stdout.splitlines() if "MACs (" in line]

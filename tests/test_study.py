@@ -57,7 +57,7 @@ def test_mismatch_is_refused_with_how_far(run_cli, tmp_path):
     config = resolve_config({}, dict(levels="2"))
     far = mismatches(plan_models(config, 10, 1), 0.02)
     assert far and "x the target MACs" in far[0]
-    code, out, err = run_cli("study", "--levels", "2", "--out", tmp_path / "s", "--dry-run")
+    code, out, err = run_cli("study", "--levels", "2", "--out", tmp_path / "s", "--dry-run", "--no-estimate")
     assert code == 2 and "not matched within 2%" in err and "+11.2%" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -82,7 +82,7 @@ def test_flags_override_config_file_and_levels_replace_phis(tmp_path):
     (["--data", "mnist"], "unknown dataset"),
 ])
 def test_bad_study_configs_get_one_clear_line(run_cli, tmp_path, argv, message):
-    code, out, err = run_cli("study", *argv, "--out", tmp_path / "s", "--dry-run")
+    code, out, err = run_cli("study", *argv, "--out", tmp_path / "s", "--dry-run", "--no-estimate")
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
@@ -92,15 +92,15 @@ def test_bad_study_configs_get_one_clear_line(run_cli, tmp_path, argv, message):
 def test_bad_config_file(run_cli, tmp_path):
     path = tmp_path / "study.json"
     path.write_text(json.dumps({"strategies": ["compound"], "levels": [], "phis": []}))
-    code, out, err = run_cli("study", "--config", path, "--dry-run")
+    code, out, err = run_cli("study", "--config", path, "--dry-run", "--no-estimate")
     assert code == 2 and "no FLOPs levels" in err
     path.write_text(json.dumps({"levles": [2]}))
-    code, out, err = run_cli("study", "--config", path, "--dry-run")
+    code, out, err = run_cli("study", "--config", path, "--dry-run", "--no-estimate")
     assert code == 2 and "unknown study config key" in err and "levles" in err
 
 
 def test_seed_preset_matches_flops_near_b2(run_cli, tmp_path):
-    code, out, err = run_cli("study", "--preset", "seed", "--data", "fashion-mnist", "--dry-run",
+    code, out, err = run_cli("study", "--preset", "seed", "--data", "fashion-mnist", "--dry-run", "--no-estimate",
                              "--out", tmp_path / "s")
     assert code == 0, err
     assert "35 epochs" in out and "b0@phi=" in out and "b0@d=" in out
@@ -263,6 +263,6 @@ def test_a_bad_train_section_is_refused_when_planned(run_cli, tmp_path, train, p
     """Refused by a dry run, before any run trains (and fails) on it."""
     path = tmp_path / "study.json"
     path.write_text(json.dumps({"train": train}))
-    code, out, err = run_cli("study", "--config", path, "--dry-run")
+    code, out, err = run_cli("study", "--config", path, "--dry-run", "--no-estimate")
     assert code == 2 and problem in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1

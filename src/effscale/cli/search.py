@@ -13,7 +13,10 @@ def add_parser(sub):
                     "paper's 1.2/1.1/1.15 on the same budget. Resumable like a study.")
     add_flags(p, SearchConfig)  # every flag a SearchConfig field: its help states its default
     p.add_argument("--dry-run", action="store_true",
-                   help="print the candidates and their runs; train and write nothing")
+                   help="print the candidates and their runs, and an estimated wall time "
+                        "(a few training steps of each model timed); train and write nothing")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="with --dry-run: do not time the models for a wall-time estimate")
     return p
 
 
@@ -23,6 +26,9 @@ def run(args) -> int:
     from .study import command_line
     result = search(given_flags(args, SearchConfig),
                     command=command_line("search", args, SearchConfig), dry_run=args.dry_run)
+    if args.dry_run and not args.no_estimate:
+        from ..experiments.estimate import estimate_plan
+        estimate_plan(result)
     if result["failed"]:
         print(f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])}")
         return 1

@@ -23,7 +23,10 @@ def add_parser(sub):
                         "flags override it")
     add_flags(p, StudyConfig)  # every other flag: a StudyConfig field (experiments.configs)
     p.add_argument("--dry-run", action="store_true",
-                   help="print the matched plan and exit without training")
+                   help="print the matched plan and an estimated wall time (a few "
+                        "training steps of each model timed), and exit without training")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="with --dry-run: do not time the models for a wall-time estimate")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     return p
 
@@ -67,6 +70,9 @@ def run(args) -> int:
                    command=command_line("study", args, StudyConfig, extra=("config",)),
                    **flags)
     if args.dry_run:
+        if not args.no_estimate:
+            from ..experiments.estimate import estimate_plan
+            estimate_plan(result)
         return 0
     print()
     print(result["conclusion"])
