@@ -28,7 +28,7 @@ def main() -> None:
     record = json.loads((args.study_dir / "study.json").read_text())
     if args.jobs is not None:
         record["config"]["jobs"] = args.jobs
-    found = estimate_plan({"plan": record})
+    found = estimate_plan({"plan": record}, finished=True)
     if found is None:
         return
     train_size, val_size = data_sizes(record["config"])

@@ -82,8 +82,8 @@ def load_data(name, *, data_dir=None, device="cpu", download: bool = True,
         return {"imagefolder": load_imagefolder, "csv": load_csv,
                 "webdataset": load_webdataset}[source](path, **kw)
     if source == "python" and path:
-        raise ValueError(f"{name} was a Python dataset given to effscale.train(); pass the "
-                         f"dataset again (data=...)")
+        raise ValueError(f"{name} names Python datasets (effscale.train/study/search(data=...)); "
+                         f"pass the datasets again (data=...)")
     if name == "digits":
         info, train, val = _digits()
     elif name == "fashion-mnist":

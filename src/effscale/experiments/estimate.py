@@ -62,16 +62,19 @@ def format_duration(seconds: float) -> str:
     return f"{int(minutes // 60)} h {round(minutes % 60):02d} min"
 
 
-def estimate_plan(result: dict, datasets=None, echo=print) -> dict | None:
+def estimate_plan(result: dict, datasets=None, echo=print, *,
+                  finished: bool = False) -> dict | None:
     """The wall-time estimate of what `study(..., dry_run=True)` or `search(..., dry_run=True)`
     returned (`effscale study/search --dry-run` print it). datasets: the Python datasets the
-    experiment was planned on. Runs already finished are left out. Prints one line; returns {"seconds", "workers", "threads",
+    experiment was planned on. Runs already finished are left out (finished=True: counted,
+    to compare the estimate with them). Prints one line; returns {"seconds", "workers", "threads",
     "speeds": {(model, batch): {"train_img_s", "infer_img_s"}}}, or None (and says why) when
     it cannot estimate."""
     records = result.get("studies") or [result["plan"]]  # a budgets study: every budget
     cfg = result["plan"]["config"]
     runs = {f"{i}/{k}": r for i, rec in enumerate(records) for k, r in rec["runs"].items()
-            if run_status(Path(rec["config"]["out"]) / "runs" / k) != RunStatus.FINISHED}
+            if finished or run_status(Path(rec["config"]["out"]) / "runs" / k)
+            != RunStatus.FINISHED}
     if not runs:
         echo("no time estimate: every run has finished")
         return None
