@@ -34,7 +34,7 @@ def test_dry_runs_print_an_estimate_unless_told_not_to(run_cli, tmp_path):
                              "--dry-run")
     assert code == 0, err
     line = [l for l in out.splitlines() if l.startswith("estimated wall time:")]
-    assert len(line) == 1 and "at least" in line[0] and "(2 runs, 1 worker of" in line[0], out
+    assert len(line) == 1 and "about" in line[0] and "(2 runs, 1 worker of" in line[0], out
     assert not (tmp_path / "s").exists()  # still a dry run: nothing written
     done = tmp_path / "s" / "runs" / "width-L2.5-s0"  # a finished run is not estimated
     done.mkdir(parents=True)

@@ -261,6 +261,22 @@ def test_training_on_shards_learns(digits, tmp_path):
     assert scored["n"] == 397 and scored["top1"] > 25
 
 
+def test_cam_takes_its_images_from_one_pass_over_the_shards(digits):
+    from effscale.explain.cam import eval_images
+    root, _ = digits
+    data = load_data(f"webdataset:{root}")
+    model = effscale.create_model(TINY["model"], num_classes=10, stem_stride=1).eval()
+    chosen = [250, 3, 396, 120]  # across both val shards, not in order
+    images, labels = eval_images(data, model, chosen)
+    whole = list(make_loader(data.val, batch_size=64, resolution=model.spec.resolution,
+                             train=False, channels=model.in_chans, info=data.info,
+                             num_workers=0))
+    all_images, all_labels = torch.cat([b[0] for b in whole]), torch.cat([b[1] for b in whole])
+    assert torch.equal(images, all_images[chosen]) and torch.equal(labels, all_labels[chosen])
+    assert torch.equal(labels, data.val.labels[chosen])  # the stream's order is the index order
+    data.val.pool.close()
+
+
 @pytest.mark.parametrize("case", ["no val", "no folder", "no path"])
 def test_bad_folders_are_one_line_and_exit_2(case, tmp_path, run_cli):
     if case == "no val":

@@ -10,7 +10,8 @@ def add_parser(sub):
                        description="Evaluate a model file or run directory (best, else last) "
                                    "on a dataset's validation split; EMA weights when present.")
     p.add_argument("checkpoint", help="model file (.safetensors) or run directory")
-    p.add_argument("--data", help="dataset, imagefolder:PATH or csv:FILE (default: the one the "
+    p.add_argument("--data", help="dataset, imagefolder:PATH, csv:FILE or webdataset:DIR "
+                                  "(default: the one the "
                                   "model was trained on, its split-off val set split off again)")
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--tta-flip", action="store_true", help="average with horizontally flipped images")

@@ -36,8 +36,8 @@ def option(default=None, help: str | None = None, *, type=str, choices=None, met
 @dataclass(frozen=True)
 class ExperimentConfig:
     base: str = option("b0@phi=-6,r=0.1652", "base model name (default {default})")
-    data: str = option("digits", "digits, fashion-mnist, cifar10, cifar100, imagefolder:PATH "
-                                 "or csv:FILE (default {default})")
+    data: str = option("digits", "digits, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
+                                 "csv:FILE or webdataset:DIR (default {default})")
     data_dir: str | None = option(None, "where the dataset files are")
     recipe: str | None = option(None, "training recipe: fast, seed, paper")
     seeds: int = option(2, "seeds per model (default {default})", type=int)

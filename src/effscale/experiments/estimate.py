@@ -8,9 +8,10 @@ epoch at the measured inference speed); the runs are then dealt to the workers l
 first, as the local executor deals them, and the estimate is the busiest worker's total.
 What it leaves out: data loading and decoding (small for in-memory datasets, not for image
 folders), the batched augmentation and resize, EMA updates, checkpoints, process start-up,
-and runs that share a GPU slowing each other down; so it is a lower bound. On the quick
-digits study (10 steps an epoch, where those weigh most) runs took 1.2-3.2x, median 1.6x,
-their estimate (BENCHMARKS.md, `benchmarks/estimate_check.py`).
+and runs that share a GPU slowing each other down. Measured on this project's CPU
+(BENCHMARKS.md, `benchmarks/estimate_check.py`): Fashion-MNIST runs of 24 epochs took
+0.74-1.26x their estimate (median 0.99); the quick digits study's runs (10 steps an epoch,
+where what is left out weighs most) 1.2-3.2x (median 1.6).
 """
 
 from __future__ import annotations
@@ -130,9 +131,10 @@ def _estimate(runs: dict, cfg: dict, device: str, record: dict, train_size: int,
     where = (f"{workers} worker{'s' if workers > 1 else ''} of {threads} thread"
              f"{'s' if threads > 1 else ''} on the CPU" if device == "cpu"
              else f"one run at a time on {device}")
-    echo(f"estimated wall time: at least {format_duration(total)} ({len(runs)} run{'s' if len(runs) > 1 else ''}, {where}; "
+    echo(f"estimated wall time: about {format_duration(total)} ({len(runs)} run{'s' if len(runs) > 1 else ''}, {where}; "
          f"{ROUNDS} training steps of each model timed in {time.time() - t0:.0f} s; "
-         f"augmentation, data loading and checkpoints not counted)")
+         f"not counted: augmentation, data loading, checkpoints, which add most on small "
+         f"datasets)")
     return {"seconds": total, "workers": workers, "threads": threads,
             "speeds": {key: {"train_img_s": m.train_img_s, "infer_img_s": m.infer_img_s}
                        for key, m in speeds.items()}}

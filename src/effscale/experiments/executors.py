@@ -87,7 +87,8 @@ def execute(jobs: list[Job], config, *, log_dir: Path, echo=print, datasets=None
     if datasets is not None:
         if config.executor == "ray":
             raise ValueError("Python datasets train in this process: use --executor local, "
-                             "or write them to csv:FILE or imagefolder:PATH for Ray")
+                             "or write them to csv:FILE, imagefolder:PATH or webdataset:DIR "
+                             "for Ray")
         if config.jobs not in (None, 1):
             echo(f"note: Python datasets: runs train in this process, one at a time (not "
                  f"{config.jobs} at once)")

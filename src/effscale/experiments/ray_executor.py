@@ -55,7 +55,7 @@ def _absolute(config: dict) -> dict:
         if config.get(key):
             config[key] = str(Path(config[key]).expanduser().absolute())
     data = config.get("data")
-    if isinstance(data, str) and data.startswith(("imagefolder:", "csv:")):
+    if isinstance(data, str) and data.startswith(("imagefolder:", "csv:", "webdataset:")):
         source, path = data.split(":", 1)
         config["data"] = f"{source}:" + str(Path(path).expanduser().absolute())
     return config

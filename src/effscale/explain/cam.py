@@ -153,7 +153,10 @@ def eval_images(data, model, indices, split: str = "val"):
     folders centre-cropped) to its resolution, its channel count, normalised. Returns (inputs
     float N,C,R,R, labels int64 N)."""
     from ..data import make_loader
-    chosen = _split_subset(getattr(data, split), indices)
+    whole = getattr(data, split)
+    if hasattr(whole, "shards"):  # a stream has no random access: one pass, keep the chosen
+        return _streamed_images(whole, model, indices, data.info)
+    chosen = _split_subset(whole, indices)
     if not len(chosen):
         raise ValueError(f"the {split} split of {data.info.name} is empty")
     loader = make_loader(chosen, batch_size=min(len(chosen), 256),
@@ -161,6 +164,24 @@ def eval_images(data, model, indices, split: str = "val"):
                          channels=model.in_chans, info=data.info)
     xs, ys = zip(*loader)
     return torch.cat(xs), torch.cat(ys)
+
+
+def _streamed_images(split, model, indices, info):
+    """eval_images of webdataset shards: the split read once in its index order (every image
+    decoded, the chosen ones kept), returned in the order of `indices`."""
+    from ..data import make_loader
+    wanted = {int(i): k for k, i in enumerate(indices)}
+    xs, ys, found, start = [None] * len(wanted), [None] * len(wanted), 0, 0
+    for x, y in make_loader(split, batch_size=256, resolution=model.spec.resolution,
+                            train=False, seed=0, epoch=0, channels=model.in_chans, info=info):
+        for row in range(len(y)):
+            if start + row in wanted:
+                xs[wanted[start + row]], ys[wanted[start + row]] = x[row], y[row]
+                found += 1
+        start += len(y)
+        if found == len(wanted):
+            break
+    return torch.stack(xs), torch.stack(ys)
 
 
 def _denormalize(inputs: torch.Tensor, info) -> np.ndarray:

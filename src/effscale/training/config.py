@@ -41,8 +41,9 @@ class Config:
     # what to train, on what, where to
     model: str = flag("b0", 'model name, e.g. b0, b3, b0@phi=-2,res=64 (default b0)')
     data: str = flag("digits", 'the dataset (default digits): a built-in name, imagefolder:PATH '
-                     '(PATH/train/<class>/*, val/ optional) or csv:FILE (columns path,label'
-                     '[,split], paths relative to FILE)', choices=DATASETS)
+                     '(PATH/train/<class>/*, val/ optional), csv:FILE (columns path,label'
+                     '[,split], paths relative to FILE) or webdataset:DIR (DIR/train/*.tar, '
+                     'DIR/val/*.tar)', choices=DATASETS)
     data_dir: str | None = flag(None,
                                 "where the dataset files are (default: the dataset's usual "
                                 'place)', neutral=True)
