@@ -5,6 +5,7 @@ across epochs without changing the seeded order; bad CSVs refused in one line.""
 import csv
 import json
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -205,8 +206,8 @@ def test_a_study_on_python_datasets_trains_records_and_refuses_other_data(tmp_pa
     printed = []
     summary = effscale.study(dict(STUDY, out=str(out)), data=(train_ds, val_ds),
                              echo=printed.append)
-    assert "note: Python datasets: runs train in this process, one at a time (not 2 at " \
-           "once)" in printed
+    # pickled for 2 worker processes, which import Colours from this test module
+    assert "training 3 runs (0 to resume) with 2 workers, 1 thread each" in printed
     record = json.loads((out / "study.json").read_text())
     assert record["config"]["data"] == "python:Colours"
     assert (record["train_size"], record["val_size"], record["num_classes"]) == (120, 30, 3)
@@ -229,6 +230,25 @@ def test_a_study_on_python_datasets_trains_records_and_refuses_other_data(tmp_pa
     with pytest.raises(ValueError, match="--executor local"):
         effscale.study(dict(STUDY, out=str(tmp_path / "r"), executor="ray"),
                        data=(train_ds, val_ds), echo=lambda *a: None)
+
+
+def test_datasets_that_cannot_travel_train_in_this_process(tmp_path):
+    from effscale.experiments.given_data import travelling
+    notes = []
+    assert pickle.loads(travelling((Colours(4, 0), Colours(4, 1)), notes.append))[0].labels \
+        == Colours(4, 0).labels and notes == []
+
+    class Local(Colours):  # a class pickle cannot find by name
+        pass
+    assert travelling(Local(4, 0), notes.append) is None
+    assert "they do not pickle" in notes[-1] and "one at a time" in notes[-1]
+    Main = type("Main", (Colours,), {"__module__": "__main__"})  # a script's or notebook's
+    assert travelling(Main(4, 0), notes.append) is None
+    assert "Main is defined in __main__" in notes[-1]
+    printed = []  # and such a study still trains: in this process
+    effscale.study(dict(STUDY, strategies="baseline,width", epochs=1, out=str(tmp_path / "s")),
+                   data=(Main(60, 0), Main(20, 1)), echo=printed.append, report=False)
+    assert "training 2 runs (0 to resume) with 1 worker" in printed
 
 
 def test_a_search_on_python_datasets(tmp_path):

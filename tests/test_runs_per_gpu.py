@@ -31,7 +31,7 @@ class FakeWorkers:
         self.barrier = threading.Barrier(together, timeout=20) if together > 1 else None
         self.seconds = seconds
 
-    def __call__(self, config, threads, gpu, log_dir, key, procs=None):
+    def __call__(self, config, threads, gpu, log_dir, key, procs=None, data_file=None):
         with self.lock:
             self.calls.append((key, gpu, threads))
             first_wave = len(self.calls) <= self.together

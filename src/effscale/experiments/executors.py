@@ -10,6 +10,7 @@ from ..data.sources import BUILTIN, DATASETS
 from ..data.splits import DECODED_PREFIXES
 from ..io.files import write_json
 from ..model.names import parse_name
+from .given_data import travelling
 from .local import check_runs_per_gpu, run_jobs
 from .runs import Job, RunStatus
 
@@ -83,17 +84,17 @@ def ray_resources(config) -> tuple[float, float]:
 def execute(jobs: list[Job], config, *, log_dir: Path, echo=print, datasets=None) -> dict:
     """Train the jobs with the config's executor (a study's or a search's: both carry jobs,
     device and the executor fields). Same answer from either: {key: status}. datasets:
-    Python datasets every run trains on (then in this process, one run at a time)."""
+    Python datasets every run trains on (pickled for the worker processes when they can be,
+    else trained in this process, one run at a time: `given_data.travelling`)."""
     if datasets is not None:
         if config.executor == "ray":
-            raise ValueError("Python datasets train in this process: use --executor local, "
+            raise ValueError("Python datasets train on this machine: use --executor local, "
                              "or write them to csv:FILE, imagefolder:PATH or webdataset:DIR "
                              "for Ray")
-        if config.jobs not in (None, 1):
-            echo(f"note: Python datasets: runs train in this process, one at a time (not "
-                 f"{config.jobs} at once)")
-        return run_jobs(jobs, parallel=1, device=config.device, log_dir=log_dir, echo=echo,
-                        datasets=datasets)
+        pickled = travelling(datasets, echo) if config.jobs != 1 else None
+        return run_jobs(jobs, parallel=config.jobs if pickled else 1, device=config.device,
+                        log_dir=log_dir, echo=echo, datasets=datasets, pickled=pickled,
+                        runs_per_gpu=getattr(config, "runs_per_gpu", None) if pickled else None)
     if config.executor == "ray":
         from .ray_executor import run_jobs_ray
         cpus, gpus = ray_resources(config)

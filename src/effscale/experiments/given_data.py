@@ -1,9 +1,28 @@
 """Experiments on Python datasets: `effscale.study(data=(train_ds, val_ds))` and the same for
 `search`. The record keeps their name (`python:<class>`, as a run's config.json does) and
-what re-planning reads (classes, channels, split sizes); the datasets travel to the runs as
-objects, so their runs train in this process, one at a time (`experiments.local`)."""
+what re-planning reads (classes, channels, split sizes). The datasets reach the runs as
+objects: pickled once for the local executor's worker processes (`travelling`), or, when
+they do not pickle (a class defined in a script's or notebook's __main__, a lambda inside),
+kept in this process, whose runs then train one at a time."""
 
 from __future__ import annotations
+
+
+def travelling(datasets, echo=print) -> bytes | None:
+    """The datasets pickled for worker processes, or None (and a note) when they cannot go:
+    a class defined in __main__ (a worker's __main__ is another) or one pickle refuses."""
+    import pickle
+    items = datasets if isinstance(datasets, (tuple, list)) else (datasets,)
+    why = next((f"{type(d).__name__} is defined in __main__" for d in items
+                if type(d).__module__ == "__main__"), None)
+    if why is None:
+        try:
+            return pickle.dumps(datasets)
+        except Exception as exc:  # PicklingError, TypeError, AttributeError: all say "no"
+            why = f"they do not pickle ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    echo(f"note: Python datasets: {why}, so the runs train in this process, one at a time; "
+         f"define the dataset class in a module for parallel runs")
+    return None
 
 
 def name_datasets(values: dict) -> tuple[dict, object]:

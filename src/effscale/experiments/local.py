@@ -10,11 +10,14 @@ run counts as interrupted: the same command resumes it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +63,7 @@ def _gpu_memory() -> int | None:
 
 def run_jobs(jobs: list[Job], *, parallel: int | None = 1, device: str | None = None,
              log_dir: Path | None = None, echo=print, runs_per_gpu: int | None = None,
-             datasets=None) -> dict:
+             datasets=None, pickled: bytes | None = None) -> dict:
     """Train every job's run directory: skip finished, resume partial, train new.
 
     How many runs at once, each in a worker process (`python -m effscale.experiments.local
@@ -73,9 +76,11 @@ def run_jobs(jobs: list[Job], *, parallel: int | None = 1, device: str | None = 
       used: it is the CPU worker count); else, when `parallel` is None (auto), the memory
       planner's choice (`default_runs_per_gpu`); else 1, with `parallel` capping the workers
       as before (min(parallel, gpus); parallel 1: one run at a time in this process).
-    Never more workers than runs. datasets: Python datasets every run trains on (they do
-    not travel to worker processes: give parallel=1). Returns {key: "finished" | "skipped" |
-    "failed: ..."}.
+    Never more workers than runs. datasets: Python datasets every run trains on; `pickled`,
+    the same pickled (`given_data.travelling`), lets them reach worker processes (written
+    once to a private temporary file; the workers get this process's sys.path to import
+    their classes); without it there is one worker, this process. Returns {key: "finished" |
+    "skipped" | "failed: ..."}.
     A failed run does not stop the others; the caller reports them.
     """
     check_runs_per_gpu(runs_per_gpu)
@@ -87,8 +92,9 @@ def run_jobs(jobs: list[Job], *, parallel: int | None = 1, device: str | None = 
     workers = max(1, min(workers, len(todo)))
     if workers > 1:  # longest first: the slowest run does not start last and straggle
         todo.sort(key=lambda item: -run_cost(item[0].config))
-    if datasets is not None and workers > 1:
-        raise ValueError("Python datasets train in this process: parallel must be 1")
+    if datasets is not None and workers > 1 and pickled is None:
+        raise ValueError("Python datasets reach worker processes pickled: pass pickled=, or "
+                         "parallel=1")
     pool = _Pool(workers, gpu_slots(gpus, per_gpu), len(todo), log_dir, echo, datasets)
     line = (f"training {len(todo)} runs ({sum(r for _, r in todo)} to resume) with "
             f"{pool.workers} worker{'s' if pool.workers > 1 else ''}")
@@ -100,9 +106,26 @@ def run_jobs(jobs: list[Job], *, parallel: int | None = 1, device: str | None = 
     echo(line)
     if pool.workers == 1:
         results.update(pool.one(item) for item in todo)
-    else:
+        return results
+    with _datasets_file(pickled if datasets is not None else None) as pool.data_file:
         _run_pool(pool, todo, results)
     return results
+
+
+@contextlib.contextmanager
+def _datasets_file(pickled: bytes | None):
+    """The pickled Python datasets in a private temporary directory while the workers run
+    (None when there are none); removed afterwards."""
+    if pickled is None:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="effscale-datasets-")  # mode 0700: this user's only
+    try:
+        path = Path(folder) / "datasets.pkl"
+        path.write_bytes(pickled)
+        yield str(path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_pool(pool: "_Pool", todo: list, results: dict) -> None:
@@ -253,7 +276,8 @@ class _Pool:
     def __init__(self, workers: int, slots: list[int], total: int, log_dir: Path | None, echo,
                  datasets=None):
         self.workers, self.total, self.log_dir, self.echo = workers, total, log_dir, echo
-        self.datasets = datasets  # Python datasets (one worker: this process) or None
+        self.datasets = datasets  # Python datasets, or None
+        self.data_file = None     # the same pickled, for worker processes (run_jobs)
         self.threads = max(1, _cpu_count() // workers)
         self.slots = list(slots)
         self.lock = threading.Lock()
@@ -290,7 +314,8 @@ class _Pool:
         with self.lock:
             gpu = take_slot(self.slots) if self.slots else None
         try:
-            return _run_worker(config, self.threads, gpu, self.log_dir, key, self.procs)
+            return _run_worker(config, self.threads, gpu, self.log_dir, key, self.procs,
+                               self.data_file)
         finally:
             if gpu is not None:
                 with self.lock:
@@ -298,11 +323,14 @@ class _Pool:
 
 
 def _run_worker(config: dict, threads: int, gpu: int | None, log_dir: Path | None,
-                key: str, procs: set | None = None) -> dict:
+                key: str, procs: set | None = None, data_file: str | None = None) -> dict:
     """Train one run in a worker process (its output in LOG_DIR/KEY.log); its summary.
-    WorkerStopped when a signal ended it, RuntimeError when it failed."""
+    WorkerStopped when a signal ended it, RuntimeError when it failed. data_file: pickled
+    Python datasets to train on."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                EFFSCALE_THREADS=str(threads), **{PARENT_ENV: str(os.getpid())})
+    if data_file:  # the datasets' classes import in the worker as they do here
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = _visible_device(gpu)
     log_path = Path(log_dir or config["out"]) / f"{key}.log"
@@ -310,8 +338,8 @@ def _run_worker(config: dict, threads: int, gpu: int | None, log_dir: Path | Non
     procs = set() if procs is None else procs
     with open(log_path, "a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "effscale.experiments.local",
-                                 json.dumps(config)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                 json.dumps(config), *([data_file] if data_file else [])],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.add(proc)
         try:
             proc.wait()
@@ -346,8 +374,13 @@ def _worker_main(argv: list[str]) -> int:
     import torch
     torch.set_num_threads(int(os.environ.get("EFFSCALE_THREADS", "1")))
     from ..training.engine import train
+    given = {}
+    if len(argv) > 1:  # Python datasets, pickled by this worker's parent (run_jobs)
+        import pickle
+        with open(argv[1], "rb") as f:
+            given["data"] = pickle.load(f)
     try:
-        train(json.loads(argv[0]))
+        train(json.loads(argv[0]), **given)
     except Stopped as exc:  # checkpointed: one line in the log, the signal's exit status
         print(f"effscale: {exc}", file=sys.stderr, flush=True)
         return exc.code

@@ -99,8 +99,9 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     (`experiments.budgets`).
 
     `data` may be Python datasets (a map-style Dataset, or a (train, val) pair): the record
-    names them `python:<class>` and keeps their sizes; the runs train in this process, one at
-    a time; re-running the study needs the same datasets passed again.
+    names them `python:<class>` and keeps their sizes; they reach worker processes pickled,
+    or, if they cannot, the runs train in this process (`given_data.travelling`); re-running
+    the study needs the same datasets passed again.
 
     The study directory is locked for the whole call (a dry run excepted): another process
     on it is refused with one line naming it, or, with wait=True, waited for."""
