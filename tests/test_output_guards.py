@@ -2,14 +2,8 @@
 of another kind with one line and exit 2, leaving every file byte-identical."""
 
 import hashlib
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-CLI = "import sys; from effscale.cli.main import main; sys.exit(main())"
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +23,22 @@ def hashes(*roots):
     return found
 
 
-def cli(*argv):
-    proc = subprocess.run([sys.executable, "-c", CLI, *map(str, argv)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
-    return proc.returncode, proc.stderr
+@pytest.fixture
+def refused(run_cli):
+    """refused(argv, roots, words): the command exits 2 with one line holding every word,
+    and leaves every file under roots byte-identical (in-process: a subprocess per case cost
+    ~5 s of imports each)."""
+    def check(argv, roots, words):
+        before = hashes(*roots)
+        code, _, err = run_cli(*argv)
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert all(w in err for w in words), err
+        assert hashes(*roots) == before
+    return check
 
 
-def refused(argv, roots, words):
-    before = hashes(*roots)
-    code, err = cli(*argv)
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert all(w in err for w in words), err
-    assert hashes(*roots) == before
-
-
-def test_export_refuses_inputs_and_other_kinds(run_dir, tmp_path):
+def test_export_refuses_inputs_and_other_kinds(run_dir, tmp_path, refused):
     other = tmp_path / "x.safetensors"
     other.write_bytes((run_dir / "best.safetensors").read_bytes()[:4096])
     json_file = tmp_path / "model.onnx"
@@ -57,7 +51,7 @@ def test_export_refuses_inputs_and_other_kinds(run_dir, tmp_path):
             [run_dir], ["inputs"])
 
 
-def test_cam_refuses_inputs_and_other_kinds(run_dir, tmp_path):
+def test_cam_refuses_inputs_and_other_kinds(run_dir, tmp_path, refused):
     note = tmp_path / "something.json"
     note.write_text('{"keep": 1}')
     png_named = tmp_path / "state.png"
@@ -68,7 +62,7 @@ def test_cam_refuses_inputs_and_other_kinds(run_dir, tmp_path):
         refused(["cam", run_dir, "--out", target], [run_dir, tmp_path], words)
 
 
-def test_report_refuses_a_report_of_another_kind(tmp_path):
+def test_report_refuses_a_report_of_another_kind(tmp_path, refused):
     study = tmp_path / "study"
     study.mkdir()
     (study / "study.json").write_text("{}")
