@@ -25,8 +25,8 @@ def test_runs_are_dealt_longest_first_to_the_least_loaded_worker():
 
 
 def test_durations_read_as_people_say_them():
-    assert [format_duration(s) for s in (42, 600, 5400, 7260)] == [
-        "42 s", "10 min", "1 h 30 min", "2 h 01 min"]
+    assert [format_duration(s) for s in (42, 600, 5400, 7260, 7182)] == [
+        "42 s", "10 min", "1 h 30 min", "2 h 01 min", "2 h 00 min"]  # 119.7 min: not "1 h 60"
 
 
 def test_dry_runs_print_an_estimate_unless_told_not_to(run_cli, tmp_path):

@@ -57,10 +57,10 @@ def worker_count(jobs: int | None, runs: int) -> tuple[int, int]:
 def format_duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
-    minutes = seconds / 60
+    minutes = round(seconds / 60)
     if minutes < 90:
-        return f"{minutes:.0f} min"
-    return f"{int(minutes // 60)} h {round(minutes % 60):02d} min"
+        return f"{minutes} min"
+    return "{} h {:02d} min".format(*divmod(minutes, 60))
 
 
 def estimate_plan(result: dict, datasets=None, echo=print, *,
@@ -68,9 +68,9 @@ def estimate_plan(result: dict, datasets=None, echo=print, *,
     """The wall-time estimate of what `study(..., dry_run=True)` or `search(..., dry_run=True)`
     returned (`effscale study/search --dry-run` print it). datasets: the Python datasets the
     experiment was planned on. Runs already finished are left out (finished=True: counted,
-    to compare the estimate with them). Prints one line; returns {"seconds", "workers", "threads",
-    "speeds": {(model, batch): {"train_img_s", "infer_img_s"}}}, or None (and says why) when
-    it cannot estimate."""
+    to compare the estimate with them). Prints one line; returns {"seconds", "workers",
+    "threads", "speeds": {(model, batch): {"train_img_s", "infer_img_s"}}}, or None (and
+    says why) when it cannot estimate."""
     records = result.get("studies") or [result["plan"]]  # a budgets study: every budget
     cfg = result["plan"]["config"]
     runs = {f"{i}/{k}": r for i, rec in enumerate(records) for k, r in rec["runs"].items()
@@ -131,7 +131,8 @@ def _estimate(runs: dict, cfg: dict, device: str, record: dict, train_size: int,
     where = (f"{workers} worker{'s' if workers > 1 else ''} of {threads} thread"
              f"{'s' if threads > 1 else ''} on the CPU" if device == "cpu"
              else f"one run at a time on {device}")
-    echo(f"estimated wall time: about {format_duration(total)} ({len(runs)} run{'s' if len(runs) > 1 else ''}, {where}; "
+    count = f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
+    echo(f"estimated wall time: about {format_duration(total)} ({count}, {where}; "
          f"{ROUNDS} training steps of each model timed in {time.time() - t0:.0f} s; "
          f"not counted: augmentation, data loading, checkpoints, which add most on small "
          f"datasets)")
