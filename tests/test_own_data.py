@@ -230,6 +230,7 @@ def test_a_study_on_python_datasets_trains_records_and_refuses_other_data(tmp_pa
     with pytest.raises(ValueError, match="--executor local"):
         effscale.study(dict(STUDY, out=str(tmp_path / "r"), executor="ray"),
                        data=(train_ds, val_ds), echo=lambda *a: None)
+    assert not (tmp_path / "r").exists()  # refused before anything is written
 
 
 def test_datasets_that_cannot_travel_train_in_this_process(tmp_path):

@@ -86,11 +86,7 @@ def execute(jobs: list[Job], config, *, log_dir: Path, echo=print, datasets=None
     device and the executor fields). Same answer from either: {key: status}. datasets:
     Python datasets every run trains on (pickled for the worker processes when they can be,
     else trained in this process, one run at a time: `given_data.travelling`)."""
-    if datasets is not None:
-        if config.executor == "ray":
-            raise ValueError("Python datasets train on this machine: use --executor local, "
-                             "or write them to csv:FILE, imagefolder:PATH or webdataset:DIR "
-                             "for Ray")
+    if datasets is not None:  # local only: given_data.check_datasets_executor refused Ray
         pickled = travelling(datasets, echo) if config.jobs != 1 else None
         return run_jobs(jobs, parallel=config.jobs if pickled else 1, device=config.device,
                         log_dir=log_dir, echo=echo, datasets=datasets, pickled=pickled,

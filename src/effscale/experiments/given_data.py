@@ -38,6 +38,14 @@ def name_datasets(values: dict) -> tuple[dict, object]:
     return dict(values, data=datasets_name(data)), data
 
 
+def check_datasets_executor(config, datasets) -> None:
+    """Python datasets reach the local executor's workers, not a Ray cluster's: refused
+    before anything is planned or written."""
+    if datasets is not None and config.executor == "ray":
+        raise ValueError("Python datasets train on this machine: use --executor local, or "
+                         "write them to csv:FILE, imagefolder:PATH or webdataset:DIR for Ray")
+
+
 def datasets_facts(config, datasets) -> dict:
     """What an experiment on Python datasets records of them (it cannot re-read them by
     name): classes, channels and the sizes of the splits its runs train and score on."""

@@ -24,7 +24,8 @@ from ..model.profile import profile
 from ..reporting.search import PAPER, write_search_results
 from .configs import SearchConfig
 from .executors import check_experiment, train_recorded
-from .given_data import check_same_datasets, datasets_facts, name_datasets
+from .given_data import (check_datasets_executor, check_same_datasets, datasets_facts,
+                         name_datasets)
 from .runs import Job, engine_config, failed_keys
 from .plan import compound_base, dataset_shape, parse_floats
 
@@ -121,6 +122,7 @@ def search(config: SearchConfig | dict | None = None, *, command: str | None = N
     values = config.as_dict() if isinstance(config, SearchConfig) else dict(config or {})
     values, datasets = name_datasets({**values, **overrides})
     config = resolve_config(values)
+    check_datasets_executor(config, datasets)
     if dry_run:
         return _search(config, command, echo, dry_run=True, datasets=datasets)
     with experiment_lock(config.out, wait=wait, log=echo):

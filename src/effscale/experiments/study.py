@@ -27,7 +27,7 @@ from ..training.config import RUNTIME_FIELDS
 from .budgets import SUB, budget_study, sub_config
 from .cost import measure_records
 from .executors import train_recorded
-from .given_data import name_datasets
+from .given_data import check_datasets_executor, name_datasets
 from .plan import (SCOPE, StudyConfig, plan_runs, prepare, replan_models, resolve_config,
                    train_config, train_set_size)
 
@@ -110,6 +110,7 @@ def study(config: StudyConfig | dict | None = None, *, command: str | None = Non
     overrides, datasets = name_datasets(overrides)
     config = resolve_config(values, overrides)
     datasets = datasets if datasets is not None else in_values
+    check_datasets_executor(config, datasets)
     if dry_run:
         return _study(config, command, dry_run, report, echo, datasets)
     with experiment_lock(config.out, wait=wait, log=echo):
