@@ -34,6 +34,18 @@ def datasets_name(data) -> str:
     return f"python:{type(first).__name__}"
 
 
+def name_datasets(values: dict) -> tuple[dict, object]:
+    """(values with `data` the name runs record, the Python datasets) when values["data"] is
+    Python datasets; (values, None) otherwise."""
+    data = values.get("data")
+    if data is None or isinstance(data, str):
+        return values, None
+    if not is_datasets(data):
+        raise ValueError(f"data must be a dataset name, a map-style Dataset or a (train, val) "
+                         f"pair of them, got {type(data).__name__}")
+    return dict(values, data=datasets_name(data)), data
+
+
 class DatasetReader:
     """(dataset number, index) -> (RGB PIL image, label), read from the user's datasets."""
 

@@ -25,19 +25,6 @@ def travelling(datasets, echo=print) -> bytes | None:
     return None
 
 
-def name_datasets(values: dict) -> tuple[dict, object]:
-    """(values with `data` the name runs record, the Python datasets) when values["data"] is
-    Python datasets; (values, None) otherwise."""
-    data = values.get("data")
-    if data is None or isinstance(data, str):
-        return values, None
-    from ..data.objects import datasets_name, is_datasets
-    if not is_datasets(data):
-        raise ValueError(f"data must be a dataset name, a map-style Dataset or a (train, val) "
-                         f"pair of them, got {type(data).__name__}")
-    return dict(values, data=datasets_name(data)), data
-
-
 def check_datasets_executor(config, datasets) -> None:
     """Python datasets reach the local executor's workers, not a Ray cluster's: refused
     before anything is planned or written."""

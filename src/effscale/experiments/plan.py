@@ -176,6 +176,15 @@ def dataset_shape(data: str, data_dir: str | None = None) -> tuple[int, int]:
     return info.num_classes, info.in_chans
 
 
+def data_shape(config, datasets) -> tuple[int, int, dict]:
+    """(num_classes, in_chans, facts) of an experiment's data: its Python datasets' (facts
+    as `given_data.datasets_facts`), else the named dataset's (facts {})."""
+    if datasets is not None:
+        facts = datasets_facts(config, datasets)
+        return facts["num_classes"], facts["in_chans"], facts
+    return (*dataset_shape(config.data, config.data_dir), {})
+
+
 def compound_base(base: Variant, coefficients=None) -> Variant:
     """The base that compound scaling adds phi to.
 
@@ -428,9 +437,7 @@ def prepare(config: StudyConfig, command: str | None, echo=print,
             datasets=None) -> Planned:
     """The matched plan, its runs and the study record (printed, not yet written).
     datasets: Python datasets the runs train on (config.data is their name)."""
-    facts = datasets_facts(config, datasets) if datasets is not None else None
-    num_classes, in_chans = ((facts["num_classes"], facts["in_chans"]) if facts
-                             else dataset_shape(config.data, config.data_dir))
+    num_classes, in_chans, facts = data_shape(config, datasets)
     out = Path(config.out)
     old = load_study(out) if (out / "study.json").is_file() else {}
     check_same_datasets(old, facts, config.data)

@@ -16,6 +16,7 @@ import math
 import time
 from pathlib import Path
 
+from ..data.objects import name_datasets
 from ..io.lock import experiment_lock
 from ..io.records import (api_command, check_same_runs, command_history, environment,
                           load_record, search_run_key)
@@ -24,10 +25,9 @@ from ..model.profile import profile
 from ..reporting.search import PAPER, write_search_results
 from .configs import SearchConfig
 from .executors import check_experiment, train_recorded
-from .given_data import (check_datasets_executor, check_same_datasets, datasets_facts,
-                         name_datasets)
+from .given_data import check_datasets_executor, check_same_datasets
 from .runs import Job, engine_config, failed_keys
-from .plan import compound_base, dataset_shape, parse_floats
+from .plan import compound_base, data_shape, parse_floats
 
 TARGET = 2.0         # FLOPs multiplier per unit of phi (paper eq. 3)
 
@@ -137,9 +137,7 @@ def _candidate_line(p: dict, base_macs: int) -> str:
 
 def _search(config: SearchConfig, command: str | None, echo, dry_run: bool = False,
             datasets=None) -> dict:
-    facts = datasets_facts(config, datasets) if datasets is not None else {}
-    num_classes, in_chans = ((facts["num_classes"], facts["in_chans"]) if facts
-                             else dataset_shape(config.data, config.data_dir))
+    num_classes, in_chans, facts = data_shape(config, datasets)
     grid, points = candidate_points(config, num_classes, in_chans)
     out = Path(config.out)
     runs = {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from ..data.objects import name_datasets
 from ..io.lock import experiment_lock
 from ..io.readback import read_json
 from ..io.records import load_study
@@ -27,7 +28,7 @@ from ..training.config import RUNTIME_FIELDS
 from .budgets import SUB, budget_study, sub_config
 from .cost import measure_records
 from .executors import train_recorded
-from .given_data import check_datasets_executor, name_datasets
+from .given_data import check_datasets_executor
 from .plan import (SCOPE, StudyConfig, plan_runs, prepare, replan_models, resolve_config,
                    train_config, train_set_size)
 

@@ -116,17 +116,12 @@ def train(config=None, **overrides) -> dict:
     checkpoint at the current step (`Stopped`); the caller's signal handlers are restored.
     """
     wait = overrides.pop("wait", None)  # None: io.lock.waiting's default (the CLI's --wait)
-    given = overrides.get("data")  # Python datasets: the config records their name
-    if given is not None and not isinstance(given, str):
-        from ..data.objects import datasets_name, is_datasets
-        if not is_datasets(given):
-            raise ValueError(f"data must be a dataset name, a map-style Dataset or a (train, "
-                             f"val) pair of them, got {type(given).__name__}")
-        overrides["data"] = datasets_name(given)
+    from ..data.objects import name_datasets
+    overrides, given = name_datasets(overrides)  # Python datasets: the config records a name
     with caller_state_kept():
         cfg = run_config(config, overrides)
         with run_dir_lock(cfg, wait), stop_signals() as signals:
-            return _train(cfg, signals, given if not isinstance(given, str) else None)
+            return _train(cfg, signals, given)
 
 
 def run_dir_lock(cfg: Config, wait: bool | None):
